@@ -1,0 +1,54 @@
+r"""NNGK on scikit-learn's bundled digits, metric-learning protocol.
+
+Train on digit classes 0-4, test retrieval on the unseen classes 5-9.
+
+Run:      make train                      (same as the command below)
+          python -m nngk_jax.train --config experiments/configs/digits.py \
+              --workdir runs/digits
+Time:     about a minute on a 2-core CPU (first run adds ~25 s of numba
+          compilation for PyNNDescent; later runs read numba's cache).
+Expected: see docs/results.md (3 seeds): R@1 ~0.99, MAP@R and NMI well above
+          raw pixels and the softmax baseline.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"
+  # Passed to nngk_jax.data.load_dataset(dataset, **data).
+  config.data = ml_collections.ConfigDict(
+      {"protocol": "metric", "seed": 0})
+  config.objective = "nngk"  # or "softmax": see nngk_jax.objectives
+
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "small_cnn"  # see nngk_jax.models.BACKBONES
+  config.model.backbone_kwargs = ml_collections.ConfigDict(
+      {"channels": (32, 64, 128)})
+  config.model.embed_dim = 32
+
+  config.nngk = ml_collections.ConfigDict()
+  config.nngk.k = 32              # neighbours per example (K)
+  config.nngk.sigma = 1.0         # kernel width
+  config.nngk.refresh_every = 1   # epochs between centre refresh + rebuild
+  config.nngk.graph_backend = "pynndescent"  # or "exact"
+  config.nngk.num_same_class = 0  # nearest same-class centres appended
+  config.nngk.learn_weights = True
+  config.nngk.weights_learning_rate = 1e-3
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"   # any optax optimizer taking learning_rate
+  config.optimizer.learning_rate = 1e-3
+
+  config.batch_size = 32
+  config.num_epochs = 15
+  config.seed = 0
+
+  config.eval_every = 1            # epochs between evaluations
+  config.eval_batch_size = 256
+  config.recall_ks = (1, 2, 4, 8)
+  config.nmi = True
+  config.classifier_k = 32         # test-time neighbours of the kernel classifier
+  config.progress = True           # progress bar on the terminal
+  return config

@@ -1,0 +1,129 @@
+"""Orbax checkpoints of the whole train state, one per epoch, in the workdir.
+
+A checkpoint holds everything needed to continue: network parameters, batch
+statistics, both optimizer states, the centre bank, centre labels and
+log-weights, the step and the RNG key; its metadata holds the number of
+completed epochs and the config it was written under. Orbax writes each
+checkpoint to a temporary directory and renames it when complete, so a
+process killed mid-save leaves the previous checkpoint intact.
+
+The neighbour graph is not saved: it is a function of the centres and is
+rebuilt on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Iterable
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["CheckpointStore", "ConfigMismatchError", "config_differences"]
+
+
+class ConfigMismatchError(ValueError):
+  """The work directory holds a checkpoint written under another config."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict, current: dict,
+                       ignore: Iterable[str] = ()) -> list[str]:
+  """Dotted names of the fields that differ, except those under ``ignore``.
+
+  Examples:
+    >>> config_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}})
+    ['b.c: 2 -> 3']
+  """
+  saved_flat, current_flat = _flatten(saved), _flatten(current)
+  ignore = tuple(ignore)
+  diffs = []
+  for key in sorted(set(saved_flat) | set(current_flat)):
+    if any(key == name or key.startswith(name + ".") for name in ignore):
+      continue
+    old = saved_flat.get(key, "<absent>")
+    new = current_flat.get(key, "<absent>")
+    if _normalise(old) != _normalise(new):
+      diffs.append(f"{key}: {old!r} -> {new!r}")
+  return diffs
+
+
+def _normalise(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value
+
+
+class CheckpointStore:
+  """Per-epoch Orbax checkpoints of a train state, guarded by its config.
+
+  Args:
+    directory: where checkpoints live (created if missing).
+    config: the run's config as a JSON-able dict.
+    resumable_fields: config fields that may change between a run and its
+      resumption (e.g. ``num_epochs`` to train longer).
+    max_to_keep: how many epochs' checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | pathlib.Path, config: dict, *,
+               resumable_fields: Iterable[str] = (), max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self.config = json.loads(json.dumps(config))
+    self.resumable_fields = tuple(resumable_fields)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=False))
+
+  def latest_epoch(self) -> int | None:
+    """Completed epochs in the newest checkpoint, or ``None`` if there is none."""
+    return self._manager.latest_step()
+
+  def check_config(self) -> None:
+    """Raises :class:`ConfigMismatchError` if the saved config differs."""
+    epoch = self.latest_epoch()
+    if epoch is None:
+      return
+    saved = self._restore_meta(epoch)["config"]
+    diffs = config_differences(saved, self.config, self.resumable_fields)
+    if diffs:
+      raise ConfigMismatchError(
+          f"the work directory {self.directory.parent} holds a checkpoint "
+          f"(epoch {epoch}) written under a different config: "
+          + "; ".join(diffs)
+          + ". Use another --workdir, or delete that one to start afresh.")
+
+  def save(self, epoch: int, state: Any) -> None:
+    """Saves ``state`` as the checkpoint after ``epoch`` completed epochs."""
+    self._manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config})))
+    self._manager.wait_until_finished()
+
+  def restore(self, target: Any) -> tuple[Any, int]:
+    """The newest checkpoint, shaped like ``target``, and its epoch count."""
+    epoch = self.latest_epoch()
+    if epoch is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(
+        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored["state"], epoch
+
+  def _restore_meta(self, epoch: int) -> dict:
+    restored = self._manager.restore(
+        epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored["meta"]
+
+  def close(self) -> None:
+    self._manager.close()
