@@ -1,0 +1,252 @@
+"""Tests of the training loop, checkpoints, resumption and bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from nngk_jax import checkpoint as checkpointing
+from nngk_jax import data as datalib
+from nngk_jax import loss as losses
+from nngk_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """Digits, a small MLP, few epochs: seconds per run on a CPU."""
+  config = train.load_config(ROOT / "experiments" / "configs" / "digits.py")
+  config.model.backbone = "mlp"
+  config.model.backbone_kwargs = {"hidden": (32,)}
+  config.model.embed_dim = 8
+  config.nngk.k = 8
+  config.nngk.graph_backend = "exact"
+  config.batch_size = 64
+  config.num_epochs = 2
+  config.progress = False
+  config.nmi = False
+  train.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
+  return config
+
+
+def test_train_step_loss_equals_kernel_loss_of_the_batch():
+  config = tiny_config()
+  dataset = datalib.load_dataset("digits")
+  model = train.build_model(config, dataset.train.num_classes)
+  state = train.create_train_state(jax.random.key(0), config, model,
+                                   dataset.train)
+  state = train.refresh_centres(state, dataset.train, config, epoch=1)
+  graph = train.build_graph(state, config)
+  batch = next(train._batches_with_neighbours(dataset.train, config, 0, graph))
+  # The loss the step reports, recomputed by hand from the same state.
+  (emb, _), _ = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch["image"], train=True, mutable=["batch_stats"])
+  want = losses.gaussian_kernel_loss(
+      emb, jnp.asarray(batch["label"]), state.centres, state.centre_labels,
+      jnp.asarray(batch["neighbour_idx"]), sigma=config.nngk.sigma,
+      centre_log_weights=state.centre_log_weights,
+      neighbour_mask=jnp.asarray(batch["neighbour_mask"])).mean()
+  want = float(want)
+  old_weights = np.asarray(state.centre_log_weights)
+  step = train.make_train_step(config)
+  new_state, metrics = step(state, batch)
+  np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
+  # Only the log-weights of centres that were neighbours in the batch move.
+  moved = np.asarray(new_state.centre_log_weights) != old_weights
+  touched = np.zeros_like(moved)
+  touched[batch["neighbour_idx"].ravel()] = True
+  assert moved.any() and not (moved & ~touched).any()
+  assert int(new_state.step) == 1
+
+
+def test_kernel_classify_matches_numpy_vote():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(40, 3)).astype(np.float32)
+  centre_labels = rng.integers(0, 4, 40)
+  queries = rng.normal(size=(10, 3)).astype(np.float32)
+  got = train.kernel_classify(centres, centre_labels, queries, num_classes=4,
+                              k=5, sigma=0.7)
+  for q, pred in zip(queries, got):
+    d2 = ((centres - q) ** 2).sum(1)
+    nearest = np.argsort(d2)[:5]
+    votes = np.zeros(4)
+    for j in nearest:
+      votes[centre_labels[j]] += np.exp(-d2[j] / (2 * 0.7**2))
+    assert pred == votes.argmax()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["nngk", "softmax"])
+def test_end_to_end_writes_outputs_and_learns(tmp_path, objective):
+  config = tiny_config(objective=objective, num_epochs=3)
+  metrics = train.train_and_evaluate(config, tmp_path)
+  for name in ("config.json", "history.jsonl", "metrics.json", "loss.png",
+               "metrics.png"):
+    assert (tmp_path / name).exists(), name
+  history = [json.loads(l) for l in
+             (tmp_path / "history.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+  assert metrics["recall@1"] > 0.6  # unseen classes 5-9; chance is ~0.2
+  if objective == "nngk":
+    assert "graph_seconds" in history[0] and "refresh_seconds" in history[0]
+
+
+@pytest.mark.slow
+def test_classification_protocol_reports_both_accuracies(tmp_path):
+  config = tiny_config(objective="softmax", num_epochs=15, eval_every=100)
+  config.data = {"protocol": "classification", "seed": 0,
+                 "train_per_class": 6}
+  config.batch_size = 20
+  metrics = train.train_and_evaluate(config, tmp_path)
+  # 10 classes: chance is 0.1.
+  assert 0.3 < metrics["softmax_accuracy"] <= 1.0
+  assert 0.3 < metrics["kernel_accuracy"] <= 1.0
+
+
+def _run_cli(workdir, *overrides, env=None):
+  args = [sys.executable, "-m", "nngk_jax.train", "--workdir", str(workdir),
+          "model.backbone=mlp", "model.backbone_kwargs={'hidden': (32,)}",
+          "model.embed_dim=8", "nngk.k=8", "batch_size=64", "progress=False",
+          "nmi=False", "nngk.refresh_every=2", "nngk.graph_backend='exact'",
+          *overrides]
+  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
+  """Kill -9 in epoch 4 (14 steps per epoch), rerun, compare final metrics.
+
+  Centres are refreshed every 2 epochs, so the resumed epoch 4 trains on the
+  checkpointed centres with a graph rebuilt from them.
+  """
+  common = ("num_epochs=4",)
+  full = _run_cli(tmp_path / "full", *common)
+  assert full.returncode == 0, full.stderr
+  killed = _run_cli(tmp_path / "killed", *common,
+                    env={train.FAULT_ENV: str(3 * 14 + 5)})
+  assert killed.returncode == -9, killed.stderr
+  history = (tmp_path / "killed" / "history.jsonl").read_text().splitlines()
+  assert len(history) == 3  # epochs 1-3 done, epoch 4 lost mid-way
+  resumed = _run_cli(tmp_path / "killed", *common)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "Resuming" in resumed.stderr
+  want = json.loads((tmp_path / "full" / "metrics.json").read_text())
+  got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+  assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(
+    tmp_path, monkeypatch):
+  """A step that returns NaN at global step 20 = epoch 2, step 7 (14/epoch)."""
+  real_make_train_step = train.make_train_step
+
+  def make_poisoned_step(config):
+    step = real_make_train_step(config)
+
+    def poisoned(state, batch):
+      new_state, metrics = step(state, batch)
+      if int(new_state.step) > 20:
+        metrics = {**metrics, "loss": jnp.float32(np.nan)}
+      return new_state, metrics
+    return poisoned
+
+  monkeypatch.setattr(train, "make_train_step", make_poisoned_step)
+  with pytest.raises(train.TrainingDivergedError,
+                     match=r"loss became nan at epoch 2, step 7 of 14"):
+    train.train_and_evaluate(tiny_config(num_epochs=3), tmp_path)
+  store = checkpointing.CheckpointStore(tmp_path / "checkpoints", {})
+  assert store.latest_epoch() == 1  # the last good one stays
+  history = (tmp_path / "history.jsonl").read_text().splitlines()
+  assert len(history) == 1
+
+
+def test_real_divergence_is_caught(tmp_path):
+  config = tiny_config(num_epochs=1)
+  config.optimizer.learning_rate = 1e30
+  with pytest.raises(train.TrainingDivergedError,
+                     match=r"(loss became|NaN or infinite).*epoch 1"):
+    train.train_and_evaluate(config, tmp_path)
+  store = checkpointing.CheckpointStore(tmp_path / "checkpoints", {})
+  assert store.latest_epoch() is None
+
+
+def test_workdir_from_another_config_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
+  other = tiny_config(num_epochs=1)
+  other.nngk.sigma = 3.0
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match=r"nngk.sigma: 1.0 -> 3.0"):
+    train.train_and_evaluate(other, tmp_path)
+  # Training longer is allowed: num_epochs is resumable.
+  metrics = train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+  assert metrics["epochs"] == 2
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"nngk.k": 901}, r"nngk.k=901 neighbours need a bank of more than 901 centres, but the training split has 901"),
+    ({"nngk.sigma": 0.0}, r"nngk.sigma must be positive"),
+    ({"nngk.sigma": -2.0}, r"nngk.sigma must be positive"),
+    ({"batch_size": 5000}, r"batch_size=5000 is larger than the training"),
+    ({"objective": "nope"}, r"unknown objective 'nope'"),
+    ({"model.backbone": "resnet9000"}, r"unknown backbone 'resnet9000'"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(**overrides), tmp_path)
+
+
+def test_unknown_override_field():
+  with pytest.raises(ValueError, match="unknown config field 'nngk.kk'"):
+    train.apply_overrides(tiny_config(), ["nngk.kk=3"])
+
+
+def test_cli_benchmark_dataset_not_available_yet(tmp_path, capsys):
+  code = train.main(["--dataset", "cub", "--workdir", str(tmp_path)])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "CUB-200-2011" in err and "not available yet" in err
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_folder_with_unreadable_image_names_it(tmp_path, capsys):
+  root = tmp_path / "images"
+  for c in ("cat", "dog"):
+    (root / c).mkdir(parents=True)
+    for i in range(3):
+      Image.new("RGB", (10, 10), (i * 40, 0, 0)).save(root / c / f"{i}.png")
+  (root / "dog" / "broken.png").write_bytes(b"not an image")
+  code = train.main(["--dataset", f"folder:{root}",
+                     "--workdir", str(tmp_path / "run")])
+  assert code == 1
+  assert "broken.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_on_an_image_folder(tmp_path):
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for c, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255),
+                              (255, 255, 0)]):
+    (root / f"class{c}").mkdir(parents=True)
+    for i in range(12):
+      pixels = np.clip(rng.normal(colour, 40, (12, 12, 3)), 0, 255)
+      Image.fromarray(pixels.astype(np.uint8)).save(root / f"class{c}" / f"{i}.png")
+  result = _run_cli(tmp_path / "run", "num_epochs=2", "batch_size=8",
+                    "nngk.k=5", "classifier_k=5", "data.image_size=8",
+                    f"dataset='folder:{root}'",
+                    "--config", "experiments/configs/folder.py")
+  assert result.returncode == 0, result.stderr
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["kernel_accuracy"] > 0.5
