@@ -84,6 +84,8 @@ class EmbeddingNet(nn.Module):
     embed_dim: size ``D`` of the embedding.
     num_classes: when set, a linear classifier on the embedding also returns
       logits (the softmax baseline); ``None`` returns ``None`` logits.
+    normalize: L2-normalise the embeddings (onto the unit sphere). Off in
+      the paper's NNGK; then ``sigma`` acts as a temperature.
 
   Returns (from ``__call__``):
     ``(embeddings [batch, D], logits [batch, num_classes] or None)``.
@@ -100,11 +102,15 @@ class EmbeddingNet(nn.Module):
   backbone: nn.Module
   embed_dim: int
   num_classes: int | None = None
+  normalize: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool):
     features = self.backbone(images, train=train)
     embeddings = nn.Dense(self.embed_dim, name="embedding")(features)
+    if self.normalize:
+      norm = jnp.sqrt(jnp.sum(embeddings * embeddings, -1, keepdims=True))
+      embeddings = embeddings / jnp.maximum(norm, 1e-12)
     logits = None
     if self.num_classes is not None:
       logits = nn.Dense(self.num_classes, name="classifier")(embeddings)

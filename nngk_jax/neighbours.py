@@ -522,8 +522,8 @@ def warm_up(backend: str = "pynndescent") -> float:
   Makefile sets to ``.numba_cache``): the import-time kernels and the query
   search (``prepare``, about 90 s cold) are cached, but ``nn_descent`` takes
   its distance function as an argument, which numba cannot cache, so its
-  roughly 45 s recur in every process. Call this once at start-up (it
-  overlaps nothing, but makes later timings honest).
+  roughly 45 s recur in every process. Call it once at start-up, so that the
+  first graph rebuild of training (and any timing of it) does not pay it.
 
   Args:
     backend: a key of ``GRAPH_BACKENDS``.

@@ -123,7 +123,8 @@ def build_model(config, num_classes: int) -> models.EmbeddingNet:
   backbone = models.get_backbone(config.model.backbone, **kwargs)
   return models.EmbeddingNet(
       backbone=backbone, embed_dim=config.model.embed_dim,
-      num_classes=num_classes if objective.uses_classifier_head else None)
+      num_classes=num_classes if objective.uses_classifier_head else None,
+      normalize=config.model.get("normalize", False))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -27,10 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.backbone_kwargs = ml_collections.ConfigDict(
       {"channels": (32, 64, 128)})
   config.model.embed_dim = 32
+  config.model.normalize = False  # L2-normalise embeddings (not in the paper)
 
   config.nngk = ml_collections.ConfigDict()
   config.nngk.k = 32              # neighbours per example (K)
-  config.nngk.sigma = 1.0         # kernel width
+  config.nngk.sigma = 0.25        # kernel width (embeddings are not normalised)
   config.nngk.refresh_every = 1   # epochs between centre refresh + rebuild
   config.nngk.graph_backend = "pynndescent"  # or "exact"
   config.nngk.num_same_class = 0  # nearest same-class centres appended
