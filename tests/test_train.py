@@ -185,9 +185,10 @@ def test_real_divergence_is_caught(tmp_path):
 def test_workdir_from_another_config_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
   other = tiny_config(num_epochs=1)
-  other.nngk.sigma = 3.0
+  old_sigma = other.nngk.sigma
+  other.nngk.sigma = old_sigma + 3.0
   with pytest.raises(checkpointing.ConfigMismatchError,
-                     match=r"nngk.sigma: 1.0 -> 3.0"):
+                     match=rf"nngk.sigma: {old_sigma} -> {old_sigma + 3.0}"):
     train.train_and_evaluate(other, tmp_path)
   # Training longer is allowed: num_epochs is resumable.
   metrics = train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
