@@ -259,6 +259,24 @@ def build_graph(state: TrainState, config) -> neighbourlib.NeighbourGraph:
       num_same_class=config.nngk.num_same_class, seed=config.seed)
 
 
+def missing_positive_fraction(graph: neighbourlib.NeighbourGraph,
+                              centre_labels: np.ndarray) -> float:
+  """Share of centres with no same-class centre among their neighbours.
+
+  Those examples get the floored loss (``-log 1e-10``) and no gradient;
+  ``nngk.num_same_class > 0`` brings this to zero.
+
+  Examples:
+    >>> import numpy as np
+    >>> g = neighbourlib.NeighbourGraph(np.array([[1], [0], [0]], np.int32),
+    ...                                 np.ones((3, 1), bool))
+    >>> missing_positive_fraction(g, np.array([0, 0, 1]))
+    0.3333333333333333
+  """
+  same = centre_labels[graph.indices] == centre_labels[:, None]
+  return float(np.mean(~(same & graph.mask).any(axis=1)))
+
+
 def evaluate(state: TrainState, dataset: datalib.Dataset, config) -> dict:
   """Retrieval metrics on the test split, plus accuracies for classification.
 
@@ -476,6 +494,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         t0 = time.perf_counter()
         graph = build_graph(state, config)
         record["graph_seconds"] = time.perf_counter() - t0
+        record["missing_positive_fraction"] = missing_positive_fraction(
+            graph, np.asarray(state.centre_labels))
     state, stats = train_epoch(state, train_step, dataset.train, config,
                                epoch, graph, workdir=workdir)
     record.update(stats)
