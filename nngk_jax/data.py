@@ -635,3 +635,60 @@ def iterate_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
     batch = split.get_batch(indices)
     batch["valid"] = np.arange(batch_size) < num_valid
     yield batch
+
+
+def iterate_class_balanced_batches(
+    split: Split, classes_per_batch: int, samples_per_class: int, *,
+    seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of m-per-class batches (``classes_per_batch`` x ``samples_per_class``).
+
+  Each batch draws ``classes_per_batch`` distinct classes and
+  ``samples_per_class`` images of each (without replacement within a batch
+  when the class has enough images, with replacement otherwise). An epoch has
+  ``len(split) // (classes_per_batch * samples_per_class)`` batches, as many
+  as :func:`iterate_batches` would give for that batch size. The draw is a
+  pure function of ``(seed, epoch)``. Batches are grouped by class, in the
+  order the classes were drawn, and carry ``valid`` (all True).
+
+  Args:
+    split: the split to sample from.
+    classes_per_batch: distinct classes per batch (at most ``num_classes``).
+    samples_per_class: images per class per batch.
+    seed: the run's data seed.
+    epoch: the epoch number.
+
+  Returns:
+    An iterator of batch dicts as :func:`iterate_batches` yields.
+
+  Examples:
+    >>> import numpy as np
+    >>> split = Split(np.zeros((12, 1, 1, 1), np.float32),
+    ...               np.repeat(np.arange(3), 4), ("a", "b", "c"))
+    >>> batch = next(iterate_class_balanced_batches(split, 2, 2, seed=0, epoch=0))
+    >>> labels = batch["label"].tolist()
+    >>> len(set(labels)), labels[0] == labels[1], labels[2] == labels[3]
+    (2, True, True)
+  """
+  if not 1 <= classes_per_batch <= split.num_classes:
+    raise ValueError(
+        f"classes_per_batch={classes_per_batch} must be between 1 and the "
+        f"split's {split.num_classes} classes")
+  if samples_per_class < 1:
+    raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+  batch_size = classes_per_batch * samples_per_class
+  rng = np.random.default_rng([int(seed), int(epoch), 7])
+  by_class = [np.flatnonzero(split.labels == c) for c in range(split.num_classes)]
+  present = np.array([c for c, idx in enumerate(by_class) if len(idx)])
+  if len(present) < classes_per_batch:
+    raise ValueError(
+        f"classes_per_batch={classes_per_batch} but only {len(present)} "
+        f"classes have images")
+  for _ in range(num_batches(split, batch_size)):
+    classes = rng.choice(present, classes_per_batch, replace=False)
+    indices = np.concatenate([
+        rng.choice(by_class[c], samples_per_class,
+                   replace=len(by_class[c]) < samples_per_class)
+        for c in classes])
+    batch = split.get_batch(indices)
+    batch["valid"] = np.ones(batch_size, bool)
+    yield batch

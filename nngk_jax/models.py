@@ -84,6 +84,9 @@ class EmbeddingNet(nn.Module):
     embed_dim: size ``D`` of the embedding.
     num_classes: when set, a linear classifier on the embedding also returns
       logits (the softmax baseline); ``None`` returns ``None`` logits.
+    num_proxies: when set, a trainable ``[num_proxies, embed_dim]`` matrix
+      ``proxies`` is created among the parameters (proxy-based losses read
+      it from the params; it does not change the outputs).
     normalize: L2-normalise the embeddings (onto the unit sphere). Off in
       the paper's NNGK; then ``sigma`` acts as a temperature.
 
@@ -102,6 +105,7 @@ class EmbeddingNet(nn.Module):
   backbone: nn.Module
   embed_dim: int
   num_classes: int | None = None
+  num_proxies: int | None = None
   normalize: bool = False
 
   @nn.compact
@@ -111,6 +115,9 @@ class EmbeddingNet(nn.Module):
     if self.normalize:
       norm = jnp.sqrt(jnp.sum(embeddings * embeddings, -1, keepdims=True))
       embeddings = embeddings / jnp.maximum(norm, 1e-12)
+    if self.num_proxies is not None:
+      self.param("proxies", nn.initializers.normal(1.0),
+                 (self.num_proxies, self.embed_dim))
     logits = None
     if self.num_classes is not None:
       logits = nn.Dense(self.num_classes, name="classifier")(embeddings)

@@ -124,6 +124,7 @@ def build_model(config, num_classes: int) -> models.EmbeddingNet:
   return models.EmbeddingNet(
       backbone=backbone, embed_dim=config.model.embed_dim,
       num_classes=num_classes if objective.uses_classifier_head else None,
+      num_proxies=num_classes if objective.uses_proxies else None,
       normalize=config.model.get("normalize", False))
 
 
@@ -184,8 +185,10 @@ def make_train_step(config):
     inputs = objectives.LossInputs(
         embeddings=embeddings, logits=logits, batch=batch,
         centres=state.centres, centre_labels=state.centre_labels,
-        centre_log_weights=centre_log_weights)
+        centre_log_weights=centre_log_weights, params=params)
     per_example = objective.per_example_loss(inputs, config)
+    if per_example.ndim == 0:  # a loss that does not decompose per example
+      return per_example, updates["batch_stats"]
     valid = batch["valid"].astype(per_example.dtype)
     loss = jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
     return loss, updates["batch_stats"]
@@ -347,7 +350,19 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   if config.batch_size > n_train:
     raise ValueError(f"batch_size={config.batch_size} is larger than the "
                      f"training split ({n_train} images)")
-  if objective.uses_centre_bank:
+  if objective.sampler == "class_balanced":
+    per_class = config.samples_per_class
+    if per_class < 1 or config.batch_size % per_class:
+      raise ValueError(
+          f"batch_size={config.batch_size} must be a multiple of "
+          f"samples_per_class={per_class} for the class-balanced sampler of "
+          f"{objective.name!r}")
+    if config.batch_size // per_class > dataset.train.num_classes:
+      raise ValueError(
+          f"batch_size / samples_per_class = {config.batch_size // per_class}"
+          f" classes per batch, but the training split has only "
+          f"{dataset.train.num_classes}")
+  if objective.uses_neighbour_graph:
     if config.nngk.k >= n_train:
       raise ValueError(
           f"nngk.k={config.nngk.k} neighbours need a bank of more than "
@@ -365,11 +380,21 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
 
 
 def _batches_with_neighbours(split, config, epoch, graph) -> Iterator[dict]:
-  for batch in datalib.iterate_batches(split, config.batch_size,
-                                       seed=config.seed, epoch=epoch):
+  """The objective's sampler, plus graph rows and ``prepare_batch`` additions."""
+  objective = objectives.get_objective(config.objective)
+  if objective.sampler == "class_balanced":
+    batches = datalib.iterate_class_balanced_batches(
+        split, config.batch_size // config.samples_per_class,
+        config.samples_per_class, seed=config.seed, epoch=epoch)
+  else:
+    batches = datalib.iterate_batches(split, config.batch_size,
+                                      seed=config.seed, epoch=epoch)
+  for batch in batches:
     if graph is not None:
       batch["neighbour_idx"], batch["neighbour_mask"] = graph.rows(
           batch["index"])
+    if objective.prepare_batch is not None:
+      batch = objective.prepare_batch(batch, config, epoch)
     yield batch
 
 
@@ -490,7 +515,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         state = refresh_centres(state, dataset.train, config, epoch + 1)
         record["refresh_seconds"] = time.perf_counter() - t0
         graph = None
-      if graph is None:  # after a refresh, or on resume
+      if graph is None and objective.uses_neighbour_graph:
+        # after a refresh, or on resume
         t0 = time.perf_counter()
         graph = build_graph(state, config)
         record["graph_seconds"] = time.perf_counter() - t0

@@ -42,7 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.name = "adam"   # any optax optimizer taking learning_rate
   config.optimizer.learning_rate = 1e-3
 
+  # Per-loss settings, read by nngk_jax.objectives (used when selected).
+  config.losses = ml_collections.ConfigDict()
+
   config.batch_size = 32
+  config.samples_per_class = 4     # m, for objectives with m-per-class batches
   config.num_epochs = 15
   config.seed = 0
 
