@@ -34,6 +34,8 @@ def _setup(objective: str, backbone: str, batch_size: int):
   config = train.load_config(ROOT / "experiments" / "configs" / "digits.py")
   config.objective = objective
   config.model.backbone = backbone
+  config.model.backbone_kwargs = ({"hidden": (256, 256)} if backbone == "mlp"
+                                  else {"channels": (32, 64, 128)})
   config.batch_size = batch_size
   config.nngk.graph_backend = "exact"  # graph build is not what we time here
   dataset = datalib.load_dataset("digits")

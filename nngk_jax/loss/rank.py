@@ -130,7 +130,8 @@ def smooth_ranks(
     temperature: positive scalar :math:`\tau`, in units of similarity; the
       sigmoids are sharp over similarity differences of a few :math:`\tau`.
     where: optional ``[batch]`` bool; ``False`` marks a padded row, which is
-      then neither a query nor an item (exactly as if it were sliced away).
+      then neither a query nor an item (exactly as if it were sliced away,
+      whatever it holds).
 
   Returns:
     ``[batch, batch]`` normalised ranks :math:`\hat r_{ij} \in [0, 1]`, row
@@ -163,6 +164,10 @@ def smooth_ranks(
   _check_positive_scalar("temperature", temperature)
   valid = _valid_mask(where, batch)
   not_self = ~jnp.eye(batch, dtype=bool)
+  has_rank = valid[:, None] & valid[None, :] & not_self
+  # Unused entries (diagonal, padding) may hold anything, NaN included; zero
+  # them so that neither the ranks nor their gradients see it.
+  similarities = jnp.where(has_rank, similarities, 0.0)
   # Items k counted for entry [i, j]: valid, not the query, not j itself.
   counted = (valid[None, None, :] & not_self[:, None, :]
              & not_self[None, :, :])
@@ -171,7 +176,6 @@ def smooth_ranks(
       axis=-1)
   num_valid = jnp.sum(valid)
   denominator = jnp.maximum(num_valid - 2, 1).astype(ahead.dtype)
-  has_rank = valid[:, None] & valid[None, :] & not_self
   return jnp.where(has_rank, ahead / denominator, 0.0)
 
 
@@ -362,7 +366,8 @@ def rank_approximation_loss(
       not pushed (:math:`m = -1` pushes every negative).
     where: optional ``[batch]`` bool; ``False`` marks a padded row, which is
       then neither a query (loss 0) nor an item of any other query, exactly
-      as if it were sliced away.
+      as if it were sliced away (whatever it holds, NaN included; it gets a
+      zero gradient).
 
   Returns:
     ``[batch]`` losses, one per query; reduce them (``.mean()``) as you see
@@ -392,7 +397,8 @@ def rank_approximation_loss(
                      margin)
   batch = jnp.shape(embeddings)[0]
   valid = _valid_mask(where, batch)
-  unit = _l2_normalise(embeddings)
+  # Padded rows may hold anything, NaN included: zero them first.
+  unit = _l2_normalise(jnp.where(valid[:, None], embeddings, 0.0))
   similarities = jnp.matmul(unit, unit.T,
                             precision=jax.lax.Precision.HIGHEST)
   pair_valid = valid[:, None] & valid[None, :]
