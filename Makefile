@@ -32,5 +32,8 @@ test-fast: venv
 bench: venv
 	$(PY) experiments/bench.py $(ARGS)
 
+compare: venv
+	$(PY) experiments/compare.py --dataset '$(DATASET)' --results-doc docs/results.md $(ARGS)
+
 clean:
 	rm -rf runs .pytest_cache .numba_cache

@@ -51,6 +51,7 @@ class LossInputs(NamedTuple):
     centre_labels: ``[N]`` int, or ``None``.
     centre_log_weights: ``[N]`` trainable theta, or ``None``.
     params: the network parameters (``params["proxies"]`` with proxies).
+    num_classes: number of training classes (static).
   """
 
   embeddings: jax.Array
@@ -60,6 +61,7 @@ class LossInputs(NamedTuple):
   centre_labels: jax.Array | None
   centre_log_weights: jax.Array | None
   params: Any = None
+  num_classes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +76,20 @@ class Objective:
   uses_proxies: bool = False
   sampler: str = "random"
   prepare_batch: Callable[[dict, Any, int], dict] | None = None
+  defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _options(config, name: str):
-  return config.losses[name]
+def loss_options(config, name: str) -> dict[str, Any]:
+  """``OBJECTIVES[name].defaults`` updated by ``config.losses[name]``."""
+  options = dict(OBJECTIVES[name].defaults)
+  given = config.get("losses", {}).get(name, {})
+  unknown = set(given) - set(options)
+  if unknown:
+    raise ValueError(
+        f"unknown option(s) {sorted(unknown)} for loss {name!r}; known: "
+        f"{sorted(options)}")
+  options.update(given)
+  return options
 
 
 def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
@@ -97,10 +109,93 @@ def _softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:
       inputs.logits, inputs.batch["label"])
 
 
+def _vmf_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  # Class means from the whole training split's embeddings, as of the last
+  # refresh (every nngk.refresh_every epochs): global and periodic.
+  means = losses.vmf_class_means(
+      jax.lax.stop_gradient(inputs.centres), inputs.centre_labels,
+      num_classes=inputs.num_classes)
+  return losses.vmf_loss(inputs.embeddings, inputs.batch["label"], means,
+                         **loss_options(config, "vmf"))
+
+
+def _normalized_softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.normalized_softmax_loss(
+      inputs.embeddings, inputs.batch["label"], inputs.params["proxies"],
+      **loss_options(config, "normalized_softmax"))
+
+
+def _proxy_nca_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.proxy_nca_loss(
+      inputs.embeddings, inputs.batch["label"], inputs.params["proxies"],
+      **loss_options(config, "proxy_nca"))
+
+
+def _proxy_anchor_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.proxy_anchor_loss(
+      inputs.embeddings, inputs.batch["label"], inputs.params["proxies"],
+      where=inputs.batch["valid"], **loss_options(config, "proxy_anchor"))
+
+
+def _nca_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.nca_loss(inputs.embeddings, inputs.batch["label"],
+                         where=inputs.batch["valid"],
+                         **loss_options(config, "nca"))
+
+
+def _triplet_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.triplet_semihard_loss(
+      inputs.embeddings, inputs.batch["label"], where=inputs.batch["valid"],
+      **loss_options(config, "triplet"))
+
+
+def _rank_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  return losses.rank_approximation_loss(
+      inputs.embeddings, inputs.batch["label"], where=inputs.batch["valid"],
+      **loss_options(config, "rank"))
+
+
+def _group_anchors(batch: dict, config: Any, epoch: int) -> dict:
+  options = loss_options(config, "group")
+  rng = np.random.default_rng([config.seed, epoch, int(batch["index"][0])])
+  batch["anchor_mask"] = losses.choose_anchors(
+      batch["label"], options["num_anchors"], rng)
+  return batch
+
+
+def _group_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  options = loss_options(config, "group")
+  return losses.group_loss_with_ce(
+      inputs.embeddings, inputs.logits, inputs.batch["label"],
+      inputs.batch["anchor_mask"], temperature=options["temperature"],
+      num_iterations=options["num_iterations"])
+
+
 OBJECTIVES: dict[str, Objective] = {
     "nngk": Objective("nngk", _nngk_loss, uses_centre_bank=True,
                       uses_neighbour_graph=True),
     "softmax": Objective("softmax", _softmax_loss, uses_classifier_head=True),
+    "vmf": Objective("vmf", _vmf_loss, uses_centre_bank=True,
+                     defaults={"kappa": 16.0}),
+    "normalized_softmax": Objective(
+        "normalized_softmax", _normalized_softmax_loss, uses_proxies=True,
+        defaults={"temperature": 0.05}),
+    "proxy_nca": Objective("proxy_nca", _proxy_nca_loss, uses_proxies=True,
+                           defaults={"scale": 3.0}),
+    "proxy_anchor": Objective(
+        "proxy_anchor", _proxy_anchor_loss, uses_proxies=True,
+        defaults={"margin": 0.1, "alpha": 32.0}),
+    "nca": Objective("nca", _nca_loss, defaults={"sigma": 0.25}),
+    "triplet": Objective("triplet", _triplet_loss, sampler="class_balanced",
+                         defaults={"margin": 0.2}),
+    "rank": Objective("rank", _rank_loss, sampler="class_balanced",
+                      defaults={"temperature": 0.01, "transfer": "power",
+                                "gamma": 2.0, "margin": 0.0}),
+    # Official recipe (CUB): 6 classes x 9 samples, 2 anchors, T = 24.
+    "group": Objective("group", _group_loss, uses_classifier_head=True,
+                       sampler="class_balanced", prepare_batch=_group_anchors,
+                       defaults={"temperature": 24.0, "num_anchors": 2,
+                                 "num_iterations": 1}),
 }
 
 

@@ -169,7 +169,7 @@ def create_train_state(rng: jax.Array, config, model: models.EmbeddingNet,
   )
 
 
-def make_train_step(config):
+def make_train_step(config, num_classes: int | None = None):
   """The jitted ``train_step(state, batch) -> (state, metrics)``.
 
   The state's buffers are donated: the caller must not reuse the old state.
@@ -185,7 +185,8 @@ def make_train_step(config):
     inputs = objectives.LossInputs(
         embeddings=embeddings, logits=logits, batch=batch,
         centres=state.centres, centre_labels=state.centre_labels,
-        centre_log_weights=centre_log_weights, params=params)
+        centre_log_weights=centre_log_weights, params=params,
+        num_classes=num_classes)
     per_example = objective.per_example_loss(inputs, config)
     if per_example.ndim == 0:  # a loss that does not decompose per example
       return per_example, updates["batch_stats"]
@@ -350,6 +351,8 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   if config.batch_size > n_train:
     raise ValueError(f"batch_size={config.batch_size} is larger than the "
                      f"training split ({n_train} images)")
+  if objective.defaults:
+    objectives.loss_options(config, objective.name)  # unknown options raise
   if objective.sampler == "class_balanced":
     per_class = config.samples_per_class
     if per_class < 1 or config.batch_size % per_class:
@@ -505,7 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   history_path = workdir / "history.jsonl"
   history = _read_history(history_path, start_epoch)
 
-  train_step = make_train_step(config)
+  train_step = make_train_step(config, dataset.train.num_classes)
   graph = None
   for epoch in range(start_epoch, config.num_epochs):
     record: dict[str, Any] = {"epoch": epoch + 1}

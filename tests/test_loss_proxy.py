@@ -1,5 +1,6 @@
 """Tests of the proxy losses against plain loop-based numpy references."""
 
+import inspect
 import math
 
 import jax
@@ -85,6 +86,15 @@ def reference_proxy_anchor(emb, labels, proxies, margin, alpha, where=None):
   return pos_total / max(num_with_positive, 1) + neg_total / len(proxies)
 
 
+# Jitted once: the many eager calls below would each compile dozens of small
+# per-op kernels. The eager path is compared with these in
+# test_jit_equals_eager_and_vmap_over_problems.
+jit_normalized_softmax = jax.jit(normalized_softmax_loss)
+jit_proxy_nca = jax.jit(proxy_nca_loss)
+jit_proxy_anchor = jax.jit(proxy_anchor_loss)
+jit_proxy_anchor_grads = jax.jit(jax.grad(proxy_anchor_loss, argnums=(0, 2)))
+
+
 def make_problem(seed, batch=6, num_classes=4, dim=5, scale=1.0):
   rng = np.random.default_rng(seed)
   emb = (rng.normal(size=(batch, dim)) * scale).astype(np.float32)
@@ -109,42 +119,46 @@ def test_edge_cases_are_finite():
                                np.array([0, 1, 2, 0, 1])),
       "zero_embeddings": (np.zeros((5, 4)), np.array([0, 1, 2, 0, 1])),
   }
-  losses = {
-      "normalized_softmax": lambda e, l, p, h: normalized_softmax_loss(
-          e, l, p, temperature=1 / h).sum(),
-      "proxy_nca": lambda e, l, p, h: proxy_nca_loss(
-          e, l, p, scale=h ** 0.5).sum(),
-      "proxy_anchor": lambda e, l, p, h: proxy_anchor_loss(
-          e, l, p, alpha=h),
-  }
-  for loss_name, fn in losses.items():
-    # One compilation per loss (same shapes, traced hyperparameter).
-    loss_and_grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 2)))
-    for name, (emb, labels) in cases.items():
-      for hyper in (1.0, 1e3):
-        loss, grads = loss_and_grads(emb.astype(np.float32),
+
+  def all_losses(emb, labels, proxies, hyper):
+    return (normalized_softmax_loss(emb, labels, proxies,
+                                    temperature=1 / hyper).sum(),
+            proxy_nca_loss(emb, labels, proxies, scale=hyper ** 0.5).sum(),
+            proxy_anchor_loss(emb, labels, proxies, alpha=hyper))
+
+  # One compilation for every case: same shapes, traced hyperparameter.
+  loss_and_grads = jax.jit(lambda *args: (
+      all_losses(*args), jax.jacrev(all_losses, argnums=(0, 2))(*args)))
+  for name, (emb, labels) in cases.items():
+    for hyper in (1.0, 1e3):
+      losses, grads = loss_and_grads(emb.astype(np.float32),
                                      labels.astype(np.int32), proxies, hyper)
-        assert np.isfinite(loss), (loss_name, name, hyper)
-        assert all(np.all(np.isfinite(g)) for g in grads), (loss_name, name)
+      assert np.all(np.isfinite(losses)), (name, hyper)
+      assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), (
+          name, hyper)
 
 
 def test_jit_equals_eager_and_vmap_over_problems():
   problems = [make_problem(s) for s in (10, 11, 12)]
-  losses = [
-      lambda p: normalized_softmax_loss(p["emb"], p["labels"], p["proxies"],
-                                        temperature=0.1),
-      lambda p: proxy_nca_loss(p["emb"], p["labels"], p["proxies"]),
-      lambda p: proxy_anchor_loss(p["emb"], p["labels"], p["proxies"],
-                                  where=p["where"]),
-  ]
   stacked = {k: np.stack([p[k] for p in problems]) for k in problems[0]}
-  for loss in losses:
-    eager = [loss(p) for p in problems]
-    jitted = jax.jit(loss)
+  losses = [
+      (normalized_softmax_loss, jit_normalized_softmax,
+       lambda p: dict(temperature=0.1)),
+      (proxy_nca_loss, jit_proxy_nca, lambda p: dict(scale=3.0)),
+      (proxy_anchor_loss, jit_proxy_anchor,  # the mask is vmapped too
+       lambda p: dict(margin=0.1, alpha=32.0, where=p["where"])),
+  ]
+  for eager_fn, jit_fn, kwargs in losses:
+    eager = [eager_fn(p["emb"], p["labels"], p["proxies"], **kwargs(p))
+             for p in problems]
     for p, e in zip(problems, eager):
-      np.testing.assert_allclose(jitted(p), e, rtol=1e-5)
-    np.testing.assert_allclose(jax.vmap(loss)(stacked), np.stack(eager),
-                               rtol=1e-5)
+      np.testing.assert_allclose(
+          jit_fn(p["emb"], p["labels"], p["proxies"], **kwargs(p)), e,
+          rtol=1e-5)
+    one = lambda p, f=eager_fn, kw=kwargs: f(p["emb"], p["labels"],
+                                             p["proxies"], **kw(p))
+    batched = jax.jit(jax.vmap(one))(stacked)
+    np.testing.assert_allclose(batched, np.stack(eager), rtol=1e-5)
 
 
 def test_gradients_match_finite_differences():
@@ -152,29 +166,29 @@ def test_gradients_match_finite_differences():
   with jax.enable_x64(True):
     emb = p["emb"].astype(np.float64)
     proxies = p["proxies"].astype(np.float64)
-    # Jitted: check_grads calls them many times, eager dispatch is slow.
-    fns = [
-        jax.jit(lambda e, q: normalized_softmax_loss(
-            e, p["labels"], q, temperature=0.5).sum()),
-        jax.jit(lambda e, q: proxy_nca_loss(e, p["labels"], q).sum()),
-        jax.jit(lambda e, q: proxy_anchor_loss(
-            e, p["labels"], q, alpha=4.0, where=p["where"])),
-    ]
-    for f in fns:
-      check_grads(f, (emb, proxies), order=2, modes=("rev",), eps=1e-4)
+    # Jitted and first order: each compilation costs a second here.
+    for f in [
+        lambda e, q: normalized_softmax_loss(
+            e, p["labels"], q, temperature=0.5).sum(),
+        lambda e, q: proxy_nca_loss(e, p["labels"], q).sum(),
+        lambda e, q: proxy_anchor_loss(
+            e, p["labels"], q, alpha=4.0, where=p["where"]),
+    ]:
+      check_grads(jax.jit(f), (emb, proxies), order=1, modes=("rev",),
+                  eps=1e-4)
 
 
 def test_out_of_range_label_under_jit_gives_nan():
   p = make_problem(14)
   labels = p["labels"].copy()
   labels[1], labels[3] = 4, -1
-  for fn in (lambda l: normalized_softmax_loss(p["emb"], l, p["proxies"]),
-             lambda l: proxy_nca_loss(p["emb"], l, p["proxies"])):
-    loss = np.asarray(jax.jit(fn)(labels))
+  for loss in (
+      jit_normalized_softmax(p["emb"], labels, p["proxies"], temperature=0.1),
+      jit_proxy_nca(p["emb"], labels, p["proxies"], scale=3.0)):
+    loss = np.asarray(loss)
     assert np.isnan(loss[1]) and np.isnan(loss[3])
     assert np.all(np.isfinite(np.delete(loss, [1, 3])))
-  anchor = jax.jit(lambda l, w: proxy_anchor_loss(p["emb"], l, p["proxies"],
-                                                  where=w))
+  anchor = lambda l, w: jit_proxy_anchor(p["emb"], l, p["proxies"], where=w)
   assert np.isnan(anchor(labels, np.ones(6, bool)))
   # Padded rows' labels are ignored.
   where = np.ones(6, bool)
@@ -191,8 +205,8 @@ def test_out_of_range_label_under_jit_gives_nan():
 @pytest.mark.parametrize("temperature", [0.05, 1.0])
 def test_normalized_softmax_matches_loop_reference(seed, scale, temperature):
   p = make_problem(seed, scale=scale)
-  got = normalized_softmax_loss(p["emb"], p["labels"], p["proxies"],
-                                temperature=temperature)
+  got = jit_normalized_softmax(p["emb"], p["labels"], p["proxies"],
+                               temperature=temperature)
   want = reference_normalized_softmax(p["emb"], p["labels"], p["proxies"],
                                       temperature)
   assert got.shape == (6,)
@@ -201,22 +215,25 @@ def test_normalized_softmax_matches_loop_reference(seed, scale, temperature):
 
 def test_normalized_softmax_special_cases():
   """Cross-entropy of cosine / T logits; the vMF loss with kappa = 1 / T."""
-  p = make_problem(2, batch=8, num_classes=5)
+  p = make_problem(2)
   unit_emb = p["emb"] / np.linalg.norm(p["emb"], axis=1, keepdims=True)
   unit_w = p["proxies"] / np.linalg.norm(p["proxies"], axis=1, keepdims=True)
   want = optax.softmax_cross_entropy_with_integer_labels(
       unit_emb @ unit_w.T / 0.05, p["labels"])
-  got = normalized_softmax_loss(p["emb"], p["labels"], p["proxies"])
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # default T
+  got = jit_normalized_softmax(p["emb"], p["labels"], p["proxies"],
+                               temperature=0.05)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(
-      got, vmf_loss(p["emb"], p["labels"], p["proxies"], kappa=20.0),
+      got, jax.jit(vmf_loss)(p["emb"], p["labels"], p["proxies"], kappa=20.0),
       rtol=1e-6)
+  assert inspect.signature(normalized_softmax_loss).parameters[
+      "temperature"].default == 0.05
 
 
 def test_normalized_softmax_tiny_temperature_is_exact():
   p = make_problem(3)
-  loss = normalized_softmax_loss(p["emb"], p["labels"], p["proxies"],
-                                 temperature=1e-4)  # logits up to 1e4
+  loss = jit_normalized_softmax(p["emb"], p["labels"], p["proxies"],
+                                temperature=1e-4)  # logits up to 1e4
   want = reference_normalized_softmax(p["emb"], p["labels"], p["proxies"],
                                       1e-4)
   np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e4 * 1e-6)
@@ -230,30 +247,30 @@ def test_normalized_softmax_tiny_temperature_is_exact():
 @pytest.mark.parametrize("proxy_scale", [1.0, 3.0])
 def test_proxy_nca_matches_loop_reference(seed, scale, proxy_scale):
   p = make_problem(seed, scale=scale)
-  got = proxy_nca_loss(p["emb"], p["labels"], p["proxies"], scale=proxy_scale)
+  got = jit_proxy_nca(p["emb"], p["labels"], p["proxies"], scale=proxy_scale)
   want = reference_proxy_nca(p["emb"], p["labels"], p["proxies"], proxy_scale)
   assert got.shape == (6,)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_proxy_nca_default_scale_is_three():
-  p = make_problem(4)
-  np.testing.assert_allclose(
-      proxy_nca_loss(p["emb"], p["labels"], p["proxies"]),
-      reference_proxy_nca(p["emb"], p["labels"], p["proxies"], 3.0),
-      rtol=1e-5, atol=1e-5)
+def test_defaults():
+  params = lambda f: {k: v.default
+                      for k, v in inspect.signature(f).parameters.items()}
+  assert params(proxy_nca_loss)["scale"] == 3.0
+  assert params(proxy_anchor_loss)["margin"] == 0.1
+  assert params(proxy_anchor_loss)["alpha"] == 32.0
 
 
 def test_proxy_nca_is_cross_entropy_without_the_positive():
   """Excluding p_y from the sum: CE(-d) + log(1 - softmax(-d)_y)."""
-  p = make_problem(5, batch=8, num_classes=5)
+  p = make_problem(5)
   unit_emb = p["emb"] / np.linalg.norm(p["emb"], axis=1, keepdims=True)
   unit_p = p["proxies"] / np.linalg.norm(p["proxies"], axis=1, keepdims=True)
   neg_dist = -9.0 * ((unit_emb[:, None] - unit_p[None]) ** 2).sum(-1)
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
       neg_dist, p["labels"])
   prob_y = np.exp(-np.asarray(cross_entropy, np.float64))
-  got = proxy_nca_loss(p["emb"], p["labels"], p["proxies"], scale=3.0)
+  got = jit_proxy_nca(p["emb"], p["labels"], p["proxies"], scale=3.0)
   np.testing.assert_allclose(got, cross_entropy + np.log1p(-prob_y),
                              rtol=1e-4, atol=1e-5)
 
@@ -261,7 +278,7 @@ def test_proxy_nca_is_cross_entropy_without_the_positive():
 def test_proxy_nca_two_classes_is_distance_difference_and_can_be_negative():
   emb = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
   proxies = np.array([[1.0, 0.0], [-1.0, 0.0]], np.float32)
-  loss = proxy_nca_loss(emb, np.array([0, 0], np.int32), proxies, scale=3.0)
+  loss = jit_proxy_nca(emb, np.array([0, 0], np.int32), proxies, scale=3.0)
   # d_y - d_other: (0 - 36) and (18 - 18).
   np.testing.assert_allclose(loss, [-36.0, 0.0], atol=1e-5)
 
@@ -269,7 +286,7 @@ def test_proxy_nca_two_classes_is_distance_difference_and_can_be_negative():
 def test_proxy_nca_large_scale_is_exact():
   """scale 100: distances up to 4e4, so every exp(-d) underflows."""
   p = make_problem(6)
-  loss = proxy_nca_loss(p["emb"], p["labels"], p["proxies"], scale=100.0)
+  loss = jit_proxy_nca(p["emb"], p["labels"], p["proxies"], scale=100.0)
   want = reference_proxy_nca(p["emb"], p["labels"], p["proxies"], 100.0)
   np.testing.assert_allclose(loss, want, rtol=1e-5, atol=2e4 * 1e-6)
 
@@ -281,9 +298,9 @@ def test_proxy_nca_large_scale_is_exact():
 @pytest.mark.parametrize("scale", [1.0, 1e4, 1e-6])
 @pytest.mark.parametrize("use_where", [False, True])
 def test_proxy_anchor_matches_loop_reference(seed, scale, use_where):
-  p = make_problem(seed, batch=10, scale=scale)
+  p = make_problem(seed, batch=6, scale=scale)
   where = p["where"] if use_where else None
-  got = proxy_anchor_loss(p["emb"], p["labels"], p["proxies"], where=where)
+  got = jit_proxy_anchor(p["emb"], p["labels"], p["proxies"], where=where)
   want = reference_proxy_anchor(p["emb"], p["labels"], p["proxies"], 0.1,
                                 32.0, where)
   assert got.shape == ()
@@ -291,9 +308,9 @@ def test_proxy_anchor_matches_loop_reference(seed, scale, use_where):
 
 
 def test_proxy_anchor_huge_alpha_is_exact():
-  p = make_problem(7, batch=10)
-  got = proxy_anchor_loss(p["emb"], p["labels"], p["proxies"], alpha=1e4,
-                          margin=0.2)
+  p = make_problem(7, batch=6)
+  got = jit_proxy_anchor(p["emb"], p["labels"], p["proxies"], alpha=1e4,
+                         margin=0.2)
   want = reference_proxy_anchor(p["emb"], p["labels"], p["proxies"], 0.2,
                                 1e4)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e4 * 1e-6)
@@ -303,24 +320,30 @@ def test_proxy_anchor_mask_equals_slicing():
   p = make_problem(8, batch=10)
   where = np.zeros(10, bool)
   where[:6] = True
-  masked = proxy_anchor_loss(p["emb"], p["labels"], p["proxies"], where=where)
-  sliced = proxy_anchor_loss(p["emb"][:6], p["labels"][:6], p["proxies"])
-  np.testing.assert_allclose(masked, sliced, rtol=1e-6)
-  grad_masked = jax.grad(lambda e: proxy_anchor_loss(
-      e, p["labels"], p["proxies"], where=where))(p["emb"])
-  grad_sliced = jax.grad(lambda e: proxy_anchor_loss(
-      e, p["labels"][:6], p["proxies"]))(p["emb"][:6])
-  np.testing.assert_allclose(grad_masked[:6], grad_sliced, rtol=1e-5,
+  sliced = {k: p[k][:6] for k in ("emb", "labels")}
+  masked_loss = jit_proxy_anchor(p["emb"], p["labels"], p["proxies"],
+                                 where=where)
+  sliced_loss = jit_proxy_anchor(sliced["emb"], sliced["labels"],
+                                 p["proxies"], where=None)
+  np.testing.assert_allclose(masked_loss, sliced_loss, rtol=1e-6)
+  grad_masked = jit_proxy_anchor_grads(p["emb"], p["labels"], p["proxies"],
+                                       where=where)
+  grad_sliced = jit_proxy_anchor_grads(sliced["emb"], sliced["labels"],
+                                       p["proxies"], where=np.ones(6, bool))
+  np.testing.assert_allclose(grad_masked[0][:6], grad_sliced[0], rtol=1e-5,
                              atol=1e-7)
-  np.testing.assert_array_equal(grad_masked[6:], 0.0)
+  np.testing.assert_array_equal(grad_masked[0][6:], 0.0)
+  np.testing.assert_allclose(grad_masked[1], grad_sliced[1], rtol=1e-5,
+                             atol=1e-7)
 
 
 def test_proxy_anchor_fully_masked_batch_is_zero():
-  p = make_problem(9)
-  fn = lambda e, q: proxy_anchor_loss(e, p["labels"], q,
-                                      where=np.zeros(6, bool))
-  assert float(fn(p["emb"], p["proxies"])) == 0.0
-  for g in jax.grad(fn, argnums=(0, 1))(p["emb"], p["proxies"]):
+  p = make_problem(9, batch=10)
+  where = np.zeros(10, bool)
+  loss = jit_proxy_anchor(p["emb"], p["labels"], p["proxies"], where=where)
+  assert float(loss) == 0.0
+  for g in jit_proxy_anchor_grads(p["emb"], p["labels"], p["proxies"],
+                                  where=where):
     np.testing.assert_array_equal(g, 0.0)
 
 
@@ -338,8 +361,11 @@ def test_proxy_anchor_closed_forms():
                       + math.exp(alpha * (1 + margin)))
          + math.log1p(math.exp(alpha * (-1 + margin))
                       + math.exp(alpha * (0 + margin))))
-  got = proxy_anchor_loss(emb, labels, proxies, margin=margin, alpha=alpha)
+  got = jit_proxy_anchor(emb, labels, proxies, margin=margin, alpha=alpha)
   np.testing.assert_allclose(got, pos / 1 + neg / 3, rtol=1e-6)
+  np.testing.assert_allclose(
+      got, reference_proxy_anchor(emb, labels, proxies, margin, alpha),
+      rtol=1e-6)
 
 
 # -------------------------------------------------------------- bad inputs --

@@ -12,13 +12,67 @@ from nngk_jax.loss.rank import rank_approximation_loss
 from nngk_jax.loss.rank import rank_transfer
 from nngk_jax.loss.rank import smooth_ranks
 
-# Most tests call jitted versions: eager dispatch of the O(batch^3) graph, and
-# above all of its gradients, op by op, is many times slower to run. The
-# hyperparameters are traced (one compile per shape), so their value checks
-# are exercised by the eager calls in the bad-input tests.
-jit_loss = jax.jit(rank_approximation_loss, static_argnames=("transfer",))
+# Most tests call these module-level jitted versions: eager dispatch of the
+# O(batch^3) graph and its gradient, op by op, is many times slower, and a
+# jit built inside a test is compiled afresh on every call. Hyperparameters
+# are traced (one compile per shape and transfer); their value checks run in
+# the eager calls of the bad-input tests.
+_jit_loss = jax.jit(rank_approximation_loss, static_argnames=("transfer",))
+LOSS_DEFAULTS = dict(temperature=0.01, transfer="power", gamma=2.0, margin=0.0)
 jit_ranks = jax.jit(smooth_ranks)
 jit_transfer = jax.jit(rank_transfer, static_argnames=("transfer",))
+
+
+def _weighted_loss_sum(emb, labels, query_weights, **options):
+  return jnp.sum(rank_approximation_loss(emb, labels, **options)
+                 * query_weights)
+
+
+_loss_grad = jax.jit(jax.grad(_weighted_loss_sum),
+                     static_argnames=("transfer",))
+
+
+def _all_options(labels, options):
+  """Every option given, ``where`` as an array: all calls share compiles."""
+  options = {**LOSS_DEFAULTS, **options}
+  if options.get("where") is None:
+    options["where"] = np.ones(len(labels), bool)
+  return options
+
+
+def jit_loss(emb, labels, **options):
+  return _jit_loss(emb, labels, **_all_options(labels, options))
+
+
+def loss_grad(emb, labels, query_weights=None, **options):
+  """d/d emb of sum_i w_i loss_i (all w_i = 1 when query_weights is None)."""
+  if query_weights is None:
+    query_weights = np.ones(len(labels), emb.dtype)
+  return _loss_grad(emb, labels, query_weights, **_all_options(labels, options))
+
+
+ranks_grad = jax.jit(jax.grad(
+    lambda sims, where, temperature: jnp.sum(
+        smooth_ranks(sims, temperature=temperature, where=where))))
+transfer_grad = jax.jit(
+    jax.grad(lambda ranks, transfer, gamma: jnp.sum(
+        rank_transfer(ranks, transfer=transfer, gamma=gamma))),
+    static_argnums=(1,))
+
+
+@jax.jit
+def batched_loss(stacked_emb, labels, temperature, gamma, margin):
+  """Power-transfer loss of each of a stack of ``[batch, dim]`` problems."""
+  return jax.vmap(lambda e: rank_approximation_loss(
+      e, labels, temperature=temperature, gamma=gamma, margin=margin))(
+          stacked_emb)
+
+
+@jax.jit
+def batched_exp_loss(stacked_emb, labels, temperature, gamma, margin):
+  return jax.vmap(lambda e: rank_approximation_loss(
+      e, labels, temperature=temperature, transfer="exp", gamma=gamma,
+      margin=margin))(stacked_emb)
 
 
 def sigmoid(x):
@@ -72,7 +126,8 @@ def reference_loss(emb, labels, temperature=0.01, transfer="power", gamma=2.0,
   for i in range(n):
     if not valid[i]:
       continue
-    pos = [j for j in range(n) if valid[j] and j != i and labels[j] == labels[i]]
+    pos = [j for j in range(n)
+           if valid[j] and j != i and labels[j] == labels[i]]
     neg = [k for k in range(n) if valid[k] and labels[k] != labels[i]]
     if not pos or not neg:
       continue
@@ -166,7 +221,7 @@ def test_smooth_ranks_ties_and_small_batches():
   # Two valid rows of five: each is the other's only item, at rank 1 -> 0.
   where = np.array([False, True, False, True, False])
   got = jit_ranks(np.full((5, 5), 0.3, np.float32), temperature=0.1,
-                     where=where)
+                  where=where)
   np.testing.assert_array_equal(got, np.zeros((5, 5)))
 
 
@@ -182,8 +237,7 @@ def test_smooth_ranks_mask_equals_slicing_even_with_nan_padding():
   sliced = jit_ranks(sims[where][:, where], temperature=0.05)
   np.testing.assert_allclose(np.asarray(masked)[where][:, where], sliced,
                              rtol=1e-6)
-  grads = jax.grad(lambda s: jit_ranks(s, temperature=0.05,
-                                          where=where).sum())(padded)
+  grads = ranks_grad(padded, where, 0.05)
   assert np.all(np.isfinite(grads))
 
 
@@ -199,8 +253,7 @@ def test_transfers_are_decreasing_from_one_to_zero(transfer, gamma):
   np.testing.assert_allclose(phi, want, rtol=1e-5, atol=1e-7)
   assert phi[0] == pytest.approx(1.0) and phi[-1] == 0.0
   assert np.all(np.diff(phi) <= 0)
-  grads = jax.grad(lambda r: jit_transfer(r, transfer=transfer,
-                                           gamma=gamma).sum())(ranks)
+  grads = transfer_grad(ranks, transfer, gamma)
   assert np.all(np.isfinite(grads))  # gamma < 1 at r = 1 included
 
 
@@ -216,17 +269,19 @@ def test_small_gamma_exp_and_unit_power_are_linear():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(temperature=0.2, transfer="exp", gamma=3.0),
-    dict(temperature=0.05, gamma=0.5, margin=-0.3),
-    dict(temperature=0.1, transfer=lambda r: 1.0 - r * r, margin=0.2),
+@pytest.mark.parametrize("options, use_mask", [
+    (dict(), False),
+    (dict(), True),
+    (dict(temperature=0.2, transfer="exp", gamma=3.0), True),
+    (dict(temperature=0.05, gamma=0.5, margin=-0.3), True),
+    (dict(temperature=0.1, transfer=lambda r: 1.0 - r * r, margin=0.2), True),
 ])
-@pytest.mark.parametrize("use_mask", [False, True])
 def test_loss_matches_loop_reference(seed, options, use_mask):
   p = make_problem(seed)
   where = p["where"] if use_mask else None
-  got = jit_loss(p["emb"], p["labels"], where=where, **options)
+  # where=None compiled as such (the helper would fill in an all-True mask).
+  got = _jit_loss(p["emb"], p["labels"], where=where,
+                  **{**LOSS_DEFAULTS, **options})
   want = reference_loss(p["emb"], p["labels"], valid=where, **options)
   assert got.shape == (8,)
   assert np.any(want > 0)
@@ -251,8 +306,10 @@ def path_losses(emb, labels, query, mover, options, steps=25):
     moved[mover] = slerp_towards(emb[mover], emb[query], t)
     stack.append(moved)
   with jax.enable_x64(True):
-    losses = jax.vmap(lambda e: jit_loss(e, labels, **options))(
-        np.stack(stack))
+    options = {"temperature": 0.01, "gamma": 2.0, "margin": 0.0, **options}
+    fn = batched_exp_loss if options.pop("transfer", "power") == "exp" else (
+        batched_loss)
+    losses = fn(np.stack(stack), labels, **options)
     return np.asarray(losses[:, query])
 
 
@@ -318,43 +375,50 @@ def test_well_ranked_batch_costs_less_than_shuffled_labels():
 
 def test_gradients_match_finite_differences():
   p = make_problem(8, batch=6)
+
+  # Both transfers in one jitted function, so check_grads compiles a handful
+  # of functions once instead of transforming op by op (first order only, to
+  # keep the test fast). Gradients flow into embeddings and temperature.
+  @jax.jit
+  def f(emb, temperature):
+    options = dict(temperature=temperature, margin=-0.2, where=p["where"])
+    power = rank_approximation_loss(emb, p["labels"], gamma=2.0, **options)
+    exp = rank_approximation_loss(emb, p["labels"], transfer="exp", gamma=3.0,
+                                  **options)
+    return power.sum() + 0.5 * exp.sum()
+
   with jax.enable_x64(True):
-    emb = p["emb"].astype(np.float64)
-    for transfer, gamma in (("power", 2.0), ("exp", 3.0)):
-
-      def f(e, temperature):
-        return jit_loss(
-            e, p["labels"], temperature=temperature, transfer=transfer,
-            gamma=gamma, margin=-0.2, where=p["where"]).sum()
-
-      check_grads(f, (emb, 0.1), order=2, modes=("rev",), eps=1e-4)
+    check_grads(f, (p["emb"].astype(np.float64), 0.1), order=1,
+                modes=("rev",), eps=1e-4)
 
 
 def test_jit_equals_eager_and_vmap_over_problems():
   problems = [make_problem(s) for s in (10, 11, 12)]
   loss = lambda p: rank_approximation_loss(p["emb"], p["labels"],
                                            temperature=0.05, where=p["where"])
-  eager = [loss(p) for p in problems]
-  jitted = jax.jit(loss)
-  for p, e in zip(problems, eager):
-    np.testing.assert_allclose(jitted(p), e, rtol=1e-6, atol=1e-7)
-  stacked = {k: np.stack([p[k] for p in problems]) for k in problems[0]}
-  np.testing.assert_allclose(jax.vmap(loss)(stacked), np.stack(eager),
-                             rtol=1e-6, atol=1e-7)
+  ranks = lambda s, where: smooth_ranks(s, temperature=0.05, where=where)
   sims = np.stack([cosine_matrix(p["emb"]) for p in problems])
-  ranks = jax.vmap(lambda s, w: smooth_ranks(s, temperature=0.05, where=w))(
-      sims, stacked["where"])
-  for r, s, p in zip(ranks, sims, problems):
-    np.testing.assert_allclose(
-        r, smooth_ranks(s, temperature=0.05, where=p["where"]), rtol=1e-6)
+  # Eager (op by op, slow) once; jit on every problem.
+  np.testing.assert_allclose(jax.jit(loss)(problems[0]), loss(problems[0]),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(jax.jit(ranks)(sims[0], problems[0]["where"]),
+                             ranks(sims[0], problems[0]["where"]), rtol=1e-6)
+  jitted = [jit_loss(p["emb"], p["labels"], temperature=0.05,
+                     where=p["where"]) for p in problems]
+  stacked = {k: np.stack([p[k] for p in problems]) for k in problems[0]}
+  np.testing.assert_allclose(jax.jit(jax.vmap(loss))(stacked),
+                             np.stack(jitted), rtol=1e-6, atol=1e-7)
+  batched_ranks = jax.jit(jax.vmap(ranks))(sims, stacked["where"])
+  for r, s, p in zip(batched_ranks, sims, problems):
+    np.testing.assert_allclose(r, jit_ranks(s, temperature=0.05,
+                                            where=p["where"]), rtol=1e-6)
 
 
 def test_hyperparameters_traced_under_jit():
   p = make_problem(13)
-  f = jax.jit(lambda t, g, m: jit_loss(
-      p["emb"], p["labels"], temperature=t, gamma=g, margin=m))
+  # jit_loss traces temperature, gamma and margin (they are not static).
   np.testing.assert_allclose(
-      f(0.2, 3.0, -0.1),
+      jit_loss(p["emb"], p["labels"], temperature=0.2, gamma=3.0, margin=-0.1),
       reference_loss(p["emb"], p["labels"], 0.2, gamma=3.0, margin=-0.1),
       rtol=2e-5, atol=1e-6)
 
@@ -364,14 +428,13 @@ def test_mask_equals_slicing_even_with_nan_padding():
   where = p["where"]
   padded = p["emb"].copy()
   padded[~where] = np.nan
-  fn = lambda e: jit_loss(e, p["labels"], temperature=0.05,
-                                         where=where)
-  masked = np.asarray(fn(padded))
-  sliced = jit_loss(p["emb"][where], p["labels"][where],
-                                   temperature=0.05)
+  masked = np.asarray(jit_loss(padded, p["labels"], temperature=0.05,
+                               where=where))
+  sliced = jit_loss(p["emb"][where], p["labels"][where], temperature=0.05)
   np.testing.assert_allclose(masked[where], sliced, rtol=1e-6)
   assert np.all(masked[~where] == 0.0)
-  grads = np.asarray(jax.grad(lambda e: fn(e).sum())(padded))
+  grads = np.asarray(loss_grad(padded, p["labels"], temperature=0.05,
+                               where=where))
   assert np.all(np.isfinite(grads))
   assert np.all(grads[~where] == 0.0)
 
@@ -382,26 +445,23 @@ def test_queries_without_positives_or_negatives_get_zero():
   labels = np.array([0, 0, 1, 1, 2], np.int32)  # 4 has no positive
   loss = jit_loss(emb, labels, temperature=0.1)
   assert loss[4] == 0.0 and np.all(np.asarray(loss[:4]) > 0)
-  grads = jax.grad(lambda e: jit_loss(
-      e, labels, temperature=0.1)[4])(emb)
+  grads = loss_grad(emb, labels, np.eye(5, dtype=np.float32)[4],
+                    temperature=0.1)
   np.testing.assert_array_equal(grads, 0.0)
   # Single-class batch: nobody has a negative.
   single = jit_loss(emb, np.zeros(5, np.int32))
   np.testing.assert_array_equal(single, 0.0)
-  grads = jax.grad(lambda e: jit_loss(
-      e, np.zeros(5, np.int32)).sum())(emb)
+  grads = loss_grad(emb, np.zeros(5, np.int32))
   np.testing.assert_array_equal(grads, 0.0)
   # Everything masked, or a batch of one.
   none = jit_loss(emb, labels, where=np.zeros(5, bool))
   np.testing.assert_array_equal(none, 0.0)
-  np.testing.assert_array_equal(
-      jit_loss(emb[:1], labels[:1]), 0.0)
+  np.testing.assert_array_equal(jit_loss(emb[:1], labels[:1]), 0.0)
 
 
 def finite_with_finite_grads(emb, labels, **options):
-  fn = lambda e: jit_loss(e, labels, **options)
-  loss = np.asarray(fn(emb))
-  grads = np.asarray(jax.grad(lambda e: fn(e).sum())(emb))
+  loss = np.asarray(jit_loss(emb, labels, **options))
+  grads = np.asarray(loss_grad(emb, labels, **options))
   assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grads))
   return loss
 
@@ -443,7 +503,8 @@ def test_far_apart_classes_and_extreme_temperatures_are_finite():
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(emb=np.zeros((8,), np.float32)), r"embeddings must be \[batch, dim\]"),
+    (dict(emb=np.zeros((8,), np.float32)),
+     r"embeddings must be \[batch, dim\]"),
     (dict(emb=np.zeros((8, 3), np.int32)), "embeddings must have a float"),
     (dict(labels=np.zeros((7,), np.int32)), "labels has 7 entries for a batch"),
     (dict(labels=np.zeros((8,), np.float32)), "labels must have a int dtype"),

@@ -152,8 +152,8 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(
   """A step that returns NaN at global step 20 = epoch 2, step 7 (14/epoch)."""
   real_make_train_step = train.make_train_step
 
-  def make_poisoned_step(config):
-    step = real_make_train_step(config)
+  def make_poisoned_step(config, num_classes=None):
+    step = real_make_train_step(config, num_classes)
 
     def poisoned(state, batch):
       new_state, metrics = step(state, batch)

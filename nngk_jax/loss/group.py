@@ -135,7 +135,9 @@ def pearson_affinity(embeddings: jax.Array, *,
   divided by its largest absolute entry (a constant for autodiff: the result
   does not depend on it) before its norm is taken, so nothing overflows at
   any norm. A row with zero variance gets correlation 0 with every row, and
-  a zero (not NaN) gradient.
+  a zero (not NaN) gradient; "zero" means that its largest centred entry is
+  within rounding error, ``dim * eps * max_d |f_id|``, of 0 (so a constant
+  row of 0.3 in float32 is constant, not a pattern of rounding noise).
 
   Args:
     embeddings: ``[batch, dim]`` float.
@@ -165,10 +167,15 @@ def pearson_affinity(embeddings: jax.Array, *,
   centred = embeddings - jnp.mean(embeddings, axis=1, keepdims=True)
   scale = jax.lax.stop_gradient(
       jnp.max(jnp.abs(centred), axis=1, keepdims=True))
-  # `== 0` rather than `> 0` tests, here and below, so NaN stays NaN.
-  centred = centred / jnp.where(scale == 0, 1.0, scale)
+  # A constant row leaves rounding noise of about dim * eps * |f| after
+  # centring, which normalising would blow up into a spurious +-1 pattern.
+  dim = embeddings.shape[1]
+  noise = (dim * jnp.finfo(centred.dtype).eps) * jax.lax.stop_gradient(
+      jnp.max(jnp.abs(embeddings), axis=1, keepdims=True))
+  # `~(a <= b)` rather than `a > b`, here and below, so NaN stays NaN.
+  has_variance = ~(scale <= noise)
+  centred = centred / jnp.where(has_variance, scale, 1.0)
   sq_norm = jnp.sum(centred * centred, axis=1, keepdims=True)
-  has_variance = sq_norm != 0
   unit = centred / jnp.sqrt(jnp.where(has_variance, sq_norm, 1.0))
   unit = jnp.where(has_variance, unit, 0.0)
   affinity = jax.nn.relu(jnp.matmul(unit, unit.T, precision=_HIGHEST))
@@ -181,7 +188,8 @@ def pearson_affinity(embeddings: jax.Array, *,
 def _replicator_step(affinity: jax.Array, log_x: jax.Array) -> jax.Array:
   """One step ``x <- x * (W x) / sum_c (x * (W x))`` in log space."""
   # W x with a per-class shift: exp(log_x - shift) has a 1 in every column
-  # that has any mass, so the product only underflows where W does.
+  # that has any mass, so a term of the product is lost to underflow only
+  # when it is below ~1e-38 of that column's largest one.
   shift = jax.lax.stop_gradient(jnp.max(log_x, axis=0))  # [C]
   shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
   support = jnp.matmul(affinity, jnp.exp(log_x - shift), precision=_HIGHEST)
@@ -300,7 +308,8 @@ def group_loss(
 
   Special cases: with ``num_iterations=0``, or when :math:`W = 0` (zero
   diagonal, all correlations :math:`\le 0`), a non-anchor's loss is the
-  cross-entropy of ``logits / temperature``.
+  cross-entropy of ``logits / temperature`` (up to the :math:`10^{-12}`
+  floor).
 
   Args:
     embeddings: ``[batch, dim]`` float.
