@@ -168,7 +168,8 @@ def _group_loss(inputs: LossInputs, config: Any) -> jax.Array:
   return losses.group_loss_with_ce(
       inputs.embeddings, inputs.logits, inputs.batch["label"],
       inputs.batch["anchor_mask"], temperature=options["temperature"],
-      num_iterations=options["num_iterations"])
+      num_iterations=options["num_iterations"],
+      zero_diagonal=options["zero_diagonal"])
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -191,11 +192,13 @@ OBJECTIVES: dict[str, Objective] = {
     "rank": Objective("rank", _rank_loss, sampler="class_balanced",
                       defaults={"temperature": 0.01, "transfer": "power",
                                 "gamma": 2.0, "margin": 0.0}),
-    # Official recipe (CUB): 6 classes x 9 samples, 2 anchors, T = 24.
+    # Official recipe (CUB): 6 classes x 9 samples, 2 anchors, T = 24. The
+    # official code keeps W's self-similarity diagonal (zero_diagonal=False);
+    # its comments and the paper's text zero it, which is the default here.
     "group": Objective("group", _group_loss, uses_classifier_head=True,
                        sampler="class_balanced", prepare_batch=_group_anchors,
                        defaults={"temperature": 24.0, "num_anchors": 2,
-                                 "num_iterations": 1}),
+                                 "num_iterations": 1, "zero_diagonal": True}),
 }
 
 

@@ -80,6 +80,19 @@ jit_group_loss = jax.jit(group_loss,
                          static_argnames=("num_iterations", "zero_diagonal"))
 
 
+@jax.jit
+def loss_grads(emb, logits, labels, anchors):
+  """Gradients of the summed loss (T = 1, two steps), compiled once a shape."""
+  return jax.grad(lambda e, z: group_loss(
+      e, z, labels, anchors, temperature=1.0, num_iterations=2).sum(),
+                  argnums=(0, 1))(emb, logits)
+
+
+def assert_finite_grads(emb, logits, labels, anchors):
+  grads = loss_grads(emb, logits, labels, anchors)
+  assert all(np.all(np.isfinite(g)) for g in grads), grads
+
+
 # Most tests share one shape ([12, 12] embeddings, 5 classes), so the
 # primitives JAX compiles for the first eager call are reused by the rest.
 def make_problem(seed, num_classes_in_batch=3, per_class=4, num_anchors=1,
@@ -166,10 +179,7 @@ def test_zero_affinity_reduces_to_tempered_cross_entropy():
                      temperature=temperature, num_iterations=iterations)
     want = np.where(p["anchors"], 0.0, cross_entropy)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-  grads = jax.jit(jax.grad(lambda e, z: group_loss(
-      e, z, p["labels"], p["anchors"], temperature=temperature).sum(),
-                           argnums=(0, 1)))(emb, p["logits"])
-  assert all(np.all(np.isfinite(g)) for g in grads)
+  assert_finite_grads(emb, p["logits"], p["labels"], p["anchors"])
 
 
 def test_official_diagonal_with_zero_affinity_squares_the_prior():
@@ -229,9 +239,7 @@ def test_single_class_batch():
   want = reference_loss(p["emb"], p["logits"], p["labels"], p["anchors"], 1.0,
                         2)
   np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
-  grads = jax.jit(jax.grad(lambda e, z: fn(e, z).sum(), argnums=(0, 1)))(
-      p["emb"], p["logits"])
-  assert all(np.all(np.isfinite(g)) for g in grads)
+  assert_finite_grads(p["emb"], p["logits"], p["labels"], p["anchors"])
 
 
 @pytest.mark.parametrize("constant_features", [False, True])
@@ -247,9 +255,7 @@ def test_all_equal_embeddings(constant_features):
   np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
   expected_w = 0.0 if constant_features else 1.0 - np.eye(12)
   np.testing.assert_allclose(pearson_affinity(emb), expected_w, atol=1e-6)
-  grads = jax.jit(jax.grad(lambda e, z: fn(e, z).sum(), argnums=(0, 1)))(
-      emb, p["logits"])
-  assert all(np.all(np.isfinite(g)) for g in grads)
+  assert_finite_grads(emb, p["logits"], p["labels"], p["anchors"])
 
 
 def test_small_but_real_variance_is_kept():
@@ -270,8 +276,7 @@ def test_far_apart_embeddings(norm):
   fn = lambda e: jit_group_loss(e, p["logits"], p["labels"], p["anchors"],
                                 temperature=1.0, num_iterations=2)
   np.testing.assert_allclose(fn(far), fn(unit), rtol=1e-4, atol=1e-5)
-  grads = jax.jit(jax.grad(lambda e: fn(e).sum()))(far)
-  assert np.all(np.isfinite(grads))
+  assert_finite_grads(far, p["logits"], p["labels"], p["anchors"])
 
 
 def test_nan_embedding_is_visible():

@@ -21,7 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from nngk_jax.loss._checks import check_dtype as _check_dtype
+from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.loss._checks import check_rank as _check_rank
 
 __all__ = [
     "MIN_PROBABILITY",
@@ -34,32 +37,14 @@ __all__ = [
 MIN_PROBABILITY = 1e-10
 
 
-def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
 
 
 def _check_sigma(sigma: Any) -> None:
-  if _is_concrete(sigma):
-    value = np.asarray(sigma)
-    if value.ndim != 0 or not value > 0:
-      raise ValueError(f"sigma must be a positive scalar, got {sigma!r}")
+  _check_positive_scalar("sigma", sigma)
 
 
-def _check_rank(name: str, x: Any, ndim: int, shape_doc: str) -> None:
-  if jnp.ndim(x) != ndim:
-    raise ValueError(
-        f"{name} must be {shape_doc} ({ndim}-D), got shape {jnp.shape(x)}")
 
 
-def _check_dtype(name: str, x: Any, kind: str) -> None:
-  dtype = jnp.result_type(x)
-  ok = {
-      "float": jnp.issubdtype(dtype, jnp.floating),
-      "int": jnp.issubdtype(dtype, jnp.integer),
-      "bool": dtype == jnp.bool_,
-  }[kind]
-  if not ok:
-    raise ValueError(f"{name} must have a {kind} dtype, got {dtype}")
 
 
 def _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,

@@ -26,6 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nngk_jax.loss._checks import check_dtype as _check_dtype
+from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.loss._checks import check_rank as _check_rank
+from nngk_jax.loss._checks import is_concrete as _is_concrete
+
 __all__ = [
     "TRANSFERS",
     "rank_approximation_loss",
@@ -37,32 +42,12 @@ __all__ = [
 TRANSFERS = ("power", "exp")
 
 
-def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
 
 
-def _check_positive_scalar(name: str, value: Any) -> None:
-  if _is_concrete(value):
-    array = np.asarray(value)
-    if array.ndim != 0 or not array > 0:
-      raise ValueError(f"{name} must be a positive scalar, got {value!r}")
 
 
-def _check_rank(name: str, x: Any, ndim: int, shape_doc: str) -> None:
-  if jnp.ndim(x) != ndim:
-    raise ValueError(
-        f"{name} must be {shape_doc} ({ndim}-D), got shape {jnp.shape(x)}")
 
 
-def _check_dtype(name: str, x: Any, kind: str) -> None:
-  dtype = jnp.result_type(x)
-  ok = {
-      "float": jnp.issubdtype(dtype, jnp.floating),
-      "int": jnp.issubdtype(dtype, jnp.integer),
-      "bool": dtype == jnp.bool_,
-  }[kind]
-  if not ok:
-    raise ValueError(f"{name} must have a {kind} dtype, got {dtype}")
 
 
 def _check_where(where: Any, batch: int) -> None:

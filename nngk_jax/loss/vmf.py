@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 # Shared with nngk.py so that every loss words its errors the same way.
-from nngk_jax.loss.nngk import _check_dtype
-from nngk_jax.loss.nngk import _check_rank
-from nngk_jax.loss.nngk import _is_concrete
+from nngk_jax.loss._checks import check_dtype as _check_dtype
+from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.loss._checks import check_rank as _check_rank
+from nngk_jax.loss._checks import is_concrete as _is_concrete
 
 __all__ = [
     "NORM_EPSILON",
@@ -76,12 +77,6 @@ def l2_normalize(x: jax.Array, *, axis: int = -1,
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, epsilon * epsilon))
 
 
-def _check_positive_scalar(name: str, value: Any) -> None:
-  """Raises unless ``value`` is a positive scalar; tracers pass unchecked."""
-  if _is_concrete(value):
-    array = np.asarray(value)
-    if array.ndim != 0 or not array > 0:
-      raise ValueError(f"{name} must be a positive scalar, got {value!r}")
 
 
 def _check_num_classes(num_classes: Any) -> None:
