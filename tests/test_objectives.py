@@ -11,27 +11,12 @@ from nngk_jax import train
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def tiny_config(objective):
-  config = train.load_config(ROOT / "experiments" / "configs" / "digits.py")
-  config.objective = objective
-  config.model.backbone = "mlp"
-  config.model.backbone_kwargs = {"hidden": (32,)}
-  config.model.embed_dim = 8
-  config.nngk.k = 8
-  config.nngk.graph_backend = "exact"
-  config.batch_size = 64
-  config.samples_per_class = 16
-  config.num_epochs = 2
-  config.progress = False
-  config.nmi = False
-  return config
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(objectives.OBJECTIVES))
-def test_objective_trains_and_loss_decreases(tmp_path, name):
+def test_objective_trains_and_loss_decreases(tmp_path, name, tiny_config):
   import json
-  metrics = train.train_and_evaluate(tiny_config(name), tmp_path)
+  metrics = train.train_and_evaluate(tiny_config(objective=name), tmp_path)
   history = [json.loads(l) for l in
              (tmp_path / "history.jsonl").read_text().splitlines()]
   assert all(np.isfinite(r["train_loss"]) for r in history)
@@ -39,8 +24,8 @@ def test_objective_trains_and_loss_decreases(tmp_path, name):
   assert 0.0 <= metrics["map@r"] <= 1.0
 
 
-def test_loss_options_merge_defaults_and_reject_unknown():
-  config = tiny_config("vmf")
+def test_loss_options_merge_defaults_and_reject_unknown(tiny_config):
+  config = tiny_config(objective="vmf")
   config.losses = {"vmf": {"kappa": 4.0}}
   assert objectives.loss_options(config, "vmf") == {"kappa": 4.0}
   config.losses = {"vmf": {"kapa": 4.0}}
@@ -48,15 +33,15 @@ def test_loss_options_merge_defaults_and_reject_unknown():
     objectives.loss_options(config, "vmf")
 
 
-def test_class_balanced_batch_size_must_divide(tmp_path):
-  config = tiny_config("triplet")
+def test_class_balanced_batch_size_must_divide(tmp_path, tiny_config):
+  config = tiny_config(objective="triplet")
   config.samples_per_class = 7
   with pytest.raises(ValueError, match="multiple of samples_per_class=7"):
     train.train_and_evaluate(config, tmp_path)
 
 
-def test_group_batches_carry_anchors():
-  config = tiny_config("group")
+def test_group_batches_carry_anchors(tiny_config):
+  config = tiny_config(objective="group")
   from nngk_jax import data as datalib
   dataset = datalib.load_dataset("digits")
   batch = next(train._batches_with_neighbours(dataset.train, config, 0, None))

@@ -8,7 +8,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,23 +20,8 @@ from nngk_jax import train
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """Digits, a small MLP, few epochs: seconds per run on a CPU."""
-  config = train.load_config(ROOT / "experiments" / "configs" / "digits.py")
-  config.model.backbone = "mlp"
-  config.model.backbone_kwargs = {"hidden": (32,)}
-  config.model.embed_dim = 8
-  config.nngk.k = 8
-  config.nngk.graph_backend = "exact"
-  config.batch_size = 64
-  config.num_epochs = 2
-  config.progress = False
-  config.nmi = False
-  train.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
-  return config
 
-
-def test_train_step_loss_equals_kernel_loss_of_the_batch():
+def test_train_step_loss_equals_kernel_loss_of_the_batch(tiny_config):
   config = tiny_config()
   dataset = datalib.load_dataset("digits")
   model = train.build_model(config, dataset.train.num_classes)
@@ -86,7 +70,7 @@ def test_kernel_classify_matches_numpy_vote():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["nngk", "softmax"])
-def test_end_to_end_writes_outputs_and_learns(tmp_path, objective):
+def test_end_to_end_writes_outputs_and_learns(tmp_path, objective, tiny_config):
   config = tiny_config(objective=objective, num_epochs=3)
   metrics = train.train_and_evaluate(config, tmp_path)
   for name in ("config.json", "history.jsonl", "metrics.json", "loss.png",
@@ -103,7 +87,7 @@ def test_end_to_end_writes_outputs_and_learns(tmp_path, objective):
 
 
 @pytest.mark.slow
-def test_classification_protocol_reports_both_accuracies(tmp_path):
+def test_classification_protocol_reports_both_accuracies(tmp_path, tiny_config):
   config = tiny_config(objective="softmax", num_epochs=15, eval_every=100)
   config.data = {"protocol": "classification", "seed": 0,
                  "train_per_class": 6}
@@ -148,7 +132,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, tiny_config):
   """A step that returns NaN at global step 20 = epoch 2, step 7 (14/epoch)."""
   real_make_train_step = train.make_train_step
 
@@ -172,7 +156,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(
   assert len(history) == 1
 
 
-def test_real_divergence_is_caught(tmp_path):
+def test_real_divergence_is_caught(tmp_path, tiny_config):
   config = tiny_config(num_epochs=1)
   config.optimizer.learning_rate = 1e30
   with pytest.raises(train.TrainingDivergedError,
@@ -182,7 +166,7 @@ def test_real_divergence_is_caught(tmp_path):
   assert store.latest_epoch() is None
 
 
-def test_workdir_from_another_config_is_refused(tmp_path):
+def test_workdir_from_another_config_is_refused(tmp_path, tiny_config):
   train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
   other = tiny_config(num_epochs=1)
   old_sigma = other.nngk.sigma
@@ -203,12 +187,12 @@ def test_workdir_from_another_config_is_refused(tmp_path):
     ({"objective": "nope"}, r"unknown objective 'nope'"),
     ({"model.backbone": "resnet9000"}, r"unknown backbone 'resnet9000'"),
 ])
-def test_bad_config_is_a_clear_error(tmp_path, overrides, match):
+def test_bad_config_is_a_clear_error(tmp_path, overrides, match, tiny_config):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(**overrides), tmp_path)
 
 
-def test_unknown_override_field():
+def test_unknown_override_field(tiny_config):
   with pytest.raises(ValueError, match="unknown config field 'nngk.kk'"):
     train.apply_overrides(tiny_config(), ["nngk.kk=3"])
 
