@@ -4,8 +4,10 @@ PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATASET ?= digits
-WORKDIR ?= runs/$(subst /,_,$(subst :,_,$(DATASET)))
+WORKDIR ?= runs/$(subst /,_,$(subst :,_,$(DATASET)))$(if $(RECIPE),_$(RECIPE))
 ARGS ?=
+# Benchmarks (cub, cars196, sop): RECIPE=paper (default) or strong.
+RECIPE ?=
 # PyNNDescent's numba kernels are cached here across processes.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
@@ -21,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 train: venv
-	$(PY) -m nngk_jax.train --dataset '$(DATASET)' --workdir '$(WORKDIR)' $(ARGS)
+	$(PY) -m nngk_jax.train --dataset '$(DATASET)' --workdir '$(WORKDIR)' $(if $(RECIPE),--recipe '$(RECIPE)') $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q -n 2 --durations=15 nngk_jax tests

@@ -53,7 +53,58 @@ class DataError(ValueError):
 
 
 class DatasetNotAvailableError(RuntimeError):
-  """A recognised dataset name whose loader this version does not provide."""
+  """A recognised dataset whose files are not on this machine.
+
+  The message says how to get them (e.g. ``make data DATASET=cub``).
+  """
+
+
+def check_labels(labels: Sequence[int] | np.ndarray, class_names: Sequence[str],
+                 *, require_every_class: bool = True
+                 ) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Checks a split's labels against its class names.
+
+  Args:
+    labels: ``[num_examples]`` integers in ``[0, len(class_names))``.
+    class_names: distinct names, at least one.
+    require_every_class: every class must have at least one example.
+
+  Returns:
+    ``(labels, class_names)``: a read-only int32 copy-free view and a tuple.
+
+  Raises:
+    ValueError: naming the first bad label, duplicate names or empty classes.
+
+  Examples:
+    >>> check_labels([1, 0], ["a", "b"])
+    (array([1, 0], dtype=int32), ('a', 'b'))
+  """
+  labels = np.asarray(labels)
+  class_names = tuple(str(name) for name in class_names)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-d [num_examples], got shape "
+                     f"{labels.shape}")
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  if not class_names:
+    raise ValueError("class_names is empty; a split needs at least one class")
+  if len(set(class_names)) != len(class_names):
+    raise ValueError(f"class_names has duplicates: {class_names}")
+  num_classes = len(class_names)
+  bad = (labels < 0) | (labels >= num_classes)
+  if np.any(bad):
+    first = int(np.flatnonzero(bad)[0])
+    raise ValueError(
+        f"label {int(labels[first])} (example {first}) is out of range "
+        f"[0, {num_classes}) for {num_classes} class names")
+  counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+  if require_every_class and np.any(counts == 0):
+    empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
+    raise ValueError(f"classes with no images: {empty[:10]}"
+                     f"{' ...' if len(empty) > 10 else ''} ({len(empty)} in all)")
+  labels = labels.astype(np.int32, copy=False).view()
+  labels.flags.writeable = False
+  return labels, class_names
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -92,7 +143,6 @@ class Split:
   def __post_init__(self) -> None:
     images = np.asarray(self.images)
     labels = np.asarray(self.labels)
-    class_names = tuple(str(name) for name in self.class_names)
     if images.ndim != 4:
       raise ValueError(
           f"images must be [num_examples, height, width, channels], got shape "
@@ -104,23 +154,8 @@ class Split:
       raise ValueError(
           f"labels must be [num_examples] = [{images.shape[0]}] to match "
           f"images {images.shape}, got shape {labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if not class_names:
-      raise ValueError("class_names is empty; a split needs at least one class")
-    if len(set(class_names)) != len(class_names):
-      raise ValueError(f"class_names has duplicates: {class_names}")
-    num_classes = len(class_names)
-    bad = (labels < 0) | (labels >= num_classes)
-    if np.any(bad):
-      first = int(np.flatnonzero(bad)[0])
-      raise ValueError(
-          f"label {int(labels[first])} (example {first}) is out of range "
-          f"[0, {num_classes}) for {num_classes} class names")
-    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
-    if self.require_every_class and np.any(counts == 0):
-      empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
-      raise ValueError(f"classes with no images: {empty}")
+    labels, class_names = check_labels(
+        labels, self.class_names, require_every_class=self.require_every_class)
     images = images.astype(np.float32, copy=False)
     if not np.all(np.isfinite(images)):
       finite_rows = np.isfinite(images).reshape(len(images), -1).all(axis=1)
@@ -134,8 +169,6 @@ class Split:
     # Read-only views: the caller's arrays keep their own flags.
     images = images.view()
     images.flags.writeable = False
-    labels = labels.astype(np.int32, copy=False).view()
-    labels.flags.writeable = False
     object.__setattr__(self, "images", images)
     object.__setattr__(self, "labels", labels)
     object.__setattr__(self, "class_names", class_names)
@@ -295,11 +328,15 @@ def _remap(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
 
 def _build(name: str, images: np.ndarray, labels: np.ndarray,
            class_names: Sequence[str], *, protocol: str, test_fraction: float,
-           seed: int, train_per_class: int | None) -> Dataset:
+           seed: int, train_per_class: int | None,
+           make_split: Callable[..., Any] = Split) -> Dataset:
   """Split one labelled pool into a Dataset under ``protocol``.
 
   ``"metric"``: the first ``ceil(C / 2)`` classes train, the rest test.
-  ``"classification"``: a stratified split.
+  ``"classification"``: a stratified split. ``images`` is indexed with
+  position arrays (an image array, or an object array of file paths) and
+  ``make_split(images, labels, class_names[, require_every_class=])`` builds
+  each split.
   """
   labels = np.asarray(labels, np.int64)
   num_classes = len(class_names)
@@ -313,15 +350,15 @@ def _build(name: str, images: np.ndarray, labels: np.ndarray,
     test_labels = _remap(labels[test_idx], test_classes)
     train_names = [class_names[c] for c in train_classes]
     test_names = [class_names[c] for c in test_classes]
-    test = Split(images[test_idx], test_labels, tuple(test_names))
+    test = make_split(images[test_idx], test_labels, tuple(test_names))
   elif protocol == "classification":
     train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
     train_labels = labels[train_idx]
     train_names = list(class_names)
     # A class with a single image keeps it for training, so the test split
     # may lack a class.
-    test = Split(images[test_idx], labels[test_idx], tuple(class_names),
-                 require_every_class=False)
+    test = make_split(images[test_idx], labels[test_idx], tuple(class_names),
+                      require_every_class=False)
   else:
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
   train_images = images[train_idx]
@@ -332,7 +369,7 @@ def _build(name: str, images: np.ndarray, labels: np.ndarray,
   if train_per_class is not None:
     keep = _keep_per_class(train_labels, train_names, train_per_class, seed)
     train_images, train_labels = train_images[keep], train_labels[keep]
-  train = Split(train_images, train_labels, tuple(train_names))
+  train = make_split(train_images, train_labels, tuple(train_names))
   return Dataset(name=name, train=train, test=test, protocol=protocol)
 
 
@@ -395,13 +432,21 @@ def _read_image(path: pathlib.Path, image_size: int) -> np.ndarray:
 def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
                       class_disjoint: bool = False, test_fraction: float = 0.5,
                       seed: int = 0,
-                      train_per_class: int | None = None) -> Dataset:
+                      train_per_class: int | None = None,
+                      pipeline: dict[str, Any] | None = None) -> Dataset:
   """A folder with one sub-folder of images per class (``folder:PATH``).
 
-  Images (``.png .jpg .jpeg .bmp .gif``, any case) are read with Pillow,
+  Images (``.png .jpg .jpeg .bmp .gif``, any case) are read with Pillow.
+  Other files, and names starting with ``.``, are ignored. Classes are the
+  sorted sub-folder names.
+
+  Without ``pipeline`` (small images, CPU demos) every image is read at once,
   converted to RGB, resized to a square ``image_size`` and scaled to
-  ``[-1, 1]``. Other files, and names starting with ``.``, are ignored.
-  Classes are the sorted sub-folder names.
+  ``[-1, 1]`` in memory. With ``pipeline`` the splits are
+  :class:`~nngk_jax.pipeline.ImageSplit` s over the files, decoded on demand
+  by the same input pipeline as the benchmarks (resize, crop, flip,
+  normalise; parallel, prefetching); a file that cannot be read raises when
+  its batch is loaded.
 
   Args:
     path: the folder.
@@ -415,10 +460,14 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
     seed: seeds the stratified split and the few-shot choice.
     train_per_class: if given, keep only this many training images per class
       (few-shot); the test split is unchanged.
+    pipeline: options of :func:`nngk_jax.pipeline.pipeline_from_options`
+      (``resize``, ``crop``, ``flip``, ``normalization``, ``num_threads``,
+      ...); ``{}`` takes the defaults (resize 256, crop 224).
 
   Returns:
     A :class:`Dataset` named ``"folder:PATH"`` with images
-    ``[N, image_size, image_size, 3]``.
+    ``[N, image_size, image_size, 3]`` (or ``[N, crop, crop, 3]`` with
+    ``pipeline``).
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
@@ -470,21 +519,34 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
           f"{sorted(IMAGE_EXTENSIONS)})")
     files.extend(class_files)
     labels.extend([label] * len(class_files))
+  protocol = "metric" if class_disjoint else "classification"
+  class_names = [d.name for d in class_dirs]
+  if pipeline is not None:
+    from nngk_jax import pipeline as pipelib  # pylint: disable=g-import-not-at-top
+    transform, options = pipelib.pipeline_from_options(pipeline)
+    paths = np.empty(len(files), object)
+    paths[:] = [str(f) for f in files]
+
+    def make_split(records, split_labels, names, **kwargs):
+      return pipelib.ImageSplit(list(records), split_labels, names, transform,
+                                options=options, **kwargs)
+
+    return _build(name, paths, np.asarray(labels), class_names,
+                  protocol=protocol, test_fraction=test_fraction, seed=seed,
+                  train_per_class=train_per_class, make_split=make_split)
   images = np.stack([_read_image(f, int(image_size)) for f in files])
-  return _build(name, images, np.asarray(labels), [d.name for d in class_dirs],
-                protocol="metric" if class_disjoint else "classification",
-                test_fraction=test_fraction, seed=seed,
+  return _build(name, images, np.asarray(labels), class_names,
+                protocol=protocol, test_fraction=test_fraction, seed=seed,
                 train_per_class=train_per_class)
 
 
-def _not_available(full_name: str) -> Callable[..., Dataset]:
+def _benchmark(key: str) -> Callable[..., Dataset]:
   def loader(**options: Any) -> Dataset:
-    del options
-    raise DatasetNotAvailableError(
-        f"{full_name} is not available yet in this version of nngk-jax: the "
-        f"benchmark datasets (CUB-200-2011, Cars196, Stanford Online Products, "
-        f"via tensorflow-datasets) come with the benchmark issue. Meanwhile "
-        f"use DATASET=digits or DATASET=folder:/path/to/images.")
+    from nngk_jax import tfds_data  # pylint: disable=g-import-not-at-top
+    return tfds_data.load_benchmark_dataset(key, **options)
+  loader.__name__ = f"load_{key}"
+  loader.__doc__ = (f"The {key!r} benchmark from tensorflow-datasets; see "
+                    f":func:`nngk_jax.tfds_data.load_benchmark_dataset`.")
   return loader
 
 
@@ -493,9 +555,9 @@ def _not_available(full_name: str) -> Callable[..., Dataset]:
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "folder": load_image_folder,
-    "cub": _not_available("CUB-200-2011 ('cub')"),
-    "cars196": _not_available("Cars196 ('cars196')"),
-    "sop": _not_available("Stanford Online Products ('sop')"),
+    "cub": _benchmark("cub"),            # CUB-200-2011
+    "cars196": _benchmark("cars196"),    # Stanford Cars
+    "sop": _benchmark("sop"),            # Stanford Online Products
 }
 _TAKES_ARGUMENT = frozenset({"folder"})
 
@@ -520,7 +582,8 @@ def load_dataset(name: str, **options: Any) -> Dataset:
 
   Raises:
     ValueError: unknown name (the message lists the known ones).
-    DatasetNotAvailableError: a recognised benchmark not provided yet.
+    DatasetNotAvailableError: a benchmark that is not prepared on this
+      machine (the message gives the command that prepares it).
 
   Examples:
     >>> load_dataset("digits", protocol="classification").test.num_classes
@@ -579,9 +642,19 @@ def _check_batch_size(split: Split, batch_size: int, drop_last: bool) -> None:
         f"examples) with drop_last=True: no batch would be produced")
 
 
+def _load_batches(split, index_batches: list[np.ndarray], *, augment: bool,
+                  seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+  """The examples of each index batch: in parallel for an ``ImageSplit``."""
+  load = getattr(split, "load_batches", None)
+  if load is not None:
+    return load(index_batches, augment=augment, seed=seed, epoch=epoch)
+  # In-memory arrays: no decoding, and no augmentation to apply.
+  return (split.get_batch(indices) for indices in index_batches)
+
+
 def iterate_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
-                    shuffle: bool = True,
-                    drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                    shuffle: bool = True, drop_last: bool = True,
+                    augment: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of batches over ``split``.
 
   The order is ``np.random.default_rng([seed, epoch]).permutation(len(split))``
@@ -601,6 +674,8 @@ def iterate_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
     epoch: the epoch number (non-negative).
     shuffle: whether to permute the examples.
     drop_last: drop the final partial batch (True) or pad it (False).
+    augment: apply the training transform (random crop, flip) of an
+      :class:`~nngk_jax.pipeline.ImageSplit`; in-memory splits ignore it.
 
   Returns:
     An iterator of ``{"image": [batch, H, W, C] float32, "label": [batch]
@@ -626,20 +701,26 @@ def iterate_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
   else:
     order = np.arange(n)
+  index_batches, valid = [], []
   for b in range(num_batches(split, batch_size, drop_last)):
     indices = order[b * batch_size:(b + 1) * batch_size]
     num_valid = len(indices)
     if num_valid < batch_size:
       indices = np.concatenate(
           [indices, np.full(batch_size - num_valid, indices[-1])])
-    batch = split.get_batch(indices)
-    batch["valid"] = np.arange(batch_size) < num_valid
+    index_batches.append(indices)
+    valid.append(np.arange(batch_size) < num_valid)
+  batches = _load_batches(split, index_batches, augment=augment, seed=seed,
+                          epoch=epoch)
+  for batch, batch_valid in zip(batches, valid):
+    batch["valid"] = batch_valid
     yield batch
 
 
 def iterate_class_balanced_batches(
     split: Split, classes_per_batch: int, samples_per_class: int, *,
-    seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    seed: int, epoch: int,
+    augment: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of m-per-class batches (``classes_per_batch`` x ``samples_per_class``).
 
   Each batch draws ``classes_per_batch`` distinct classes and
@@ -656,6 +737,7 @@ def iterate_class_balanced_batches(
     samples_per_class: images per class per batch.
     seed: the run's data seed.
     epoch: the epoch number.
+    augment: as in :func:`iterate_batches`.
 
   Returns:
     An iterator of batch dicts as :func:`iterate_batches` yields.
@@ -683,12 +765,14 @@ def iterate_class_balanced_batches(
     raise ValueError(
         f"classes_per_batch={classes_per_batch} but only {len(present)} "
         f"classes have images")
+  index_batches = []
   for _ in range(num_batches(split, batch_size)):
     classes = rng.choice(present, classes_per_batch, replace=False)
-    indices = np.concatenate([
+    index_batches.append(np.concatenate([
         rng.choice(by_class[c], samples_per_class,
                    replace=len(by_class[c]) < samples_per_class)
-        for c in classes])
-    batch = split.get_batch(indices)
+        for c in classes]))
+  for batch in _load_batches(split, index_batches, augment=augment,
+                             seed=seed, epoch=epoch):
     batch["valid"] = np.ones(batch_size, bool)
     yield batch

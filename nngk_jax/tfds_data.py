@@ -9,7 +9,14 @@ class-disjoint train / test halves as in the evaluation protocol
 98-195), SOP its own ``train`` (Ebay_train) / ``test`` (Ebay_test) splits.
 
 The datasets must have been prepared beforehand in the ``array_record`` file
-format (``make data DATASET=<name>``); loading never downloads.
+format (``make data DATASET=<name>``); loading never downloads, and missing
+data raises :class:`~nngk_jax.data.DatasetNotAvailableError` with the command
+that prepares it.
+
+Images stay encoded on disk: the halves are
+:class:`~nngk_jax.pipeline.ImageSplit` s whose records are the JPEG bytes
+(TFDS ``SkipDecoding``), decoded by the input pipeline when a batch needs
+them. Labels are read once at load time without decoding any image.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from nngk_jax.data import DatasetNotAvailableError
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
-    "TfdsSource",
-    "verify_counts",
+    "TfdsRecords",
     "load_benchmark",
+    "load_benchmark_dataset",
     "remap_labels",
     "split_by_class",
+    "verify_counts",
 ]
 
 _LABEL_CHUNK = 512
@@ -128,77 +136,45 @@ def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return inverse.astype(np.int32).reshape(-1), classes
 
 
-class TfdsSource:
-  """A random-access split over one or more TFDS data sources.
+class TfdsRecords:
+  """Random access to the image records of some rows of TFDS data sources.
 
-  ``source[i]`` is ``{"image": uint8 [H, W, 3], "label": int, "index": i}``;
-  images are read (and decoded) on access, labels are held in memory.
-
-  Attributes:
-    labels: ``[num_examples]`` int32 in ``[0, num_classes)``, read-only.
-    class_names: ``num_classes`` names; ``class_names[c]`` names label ``c``.
-    image_size: when set, images are resized to ``(image_size, image_size)``.
+  ``records[i]`` is the ``image`` feature of row ``refs[i]``: the encoded
+  bytes when the sources were opened with ``SkipDecoding`` (as
+  :func:`load_benchmark` does), or a decoded ``uint8`` array otherwise.
+  Picklable, so grain worker processes can read it.
   """
 
   def __init__(self, sources: Sequence[Sequence[Any]], refs: np.ndarray,
-               labels: np.ndarray, class_names: Sequence[str],
-               image_size: int | None = None) -> None:
-    """Builds the split.
+               image_key: str = "image") -> None:
+    """Builds the view.
 
     Args:
       sources: the TFDS data sources (one per TFDS split).
       refs: ``[num_examples, 2]`` rows of (source number, record number).
-      labels: ``[num_examples]`` labels in ``[0, len(class_names))``.
-      class_names: one name per class.
-      image_size: optional square size to resize images to.
+      image_key: the feature holding the image.
     """
     self._sources = list(sources)
     self._refs = np.asarray(refs, np.int64).reshape(-1, 2)
-    labels = np.asarray(labels, np.int32).copy()
-    if labels.shape != (len(self._refs),):
-      raise ValueError(f"labels shape {labels.shape} does not match "
-                       f"{len(self._refs)} records")
-    labels.flags.writeable = False
-    self.labels = labels
-    self.class_names = tuple(str(n) for n in class_names)
-    self.image_size = image_size
+    self._image_key = image_key
 
   def __len__(self) -> int:
     return int(self._refs.shape[0])
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def __repr__(self) -> str:
-    return (f"TfdsSource(num_examples={len(self)}, "
-            f"num_classes={self.num_classes}, image_size={self.image_size})")
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
+  def __getitem__(self, i: int) -> Any:
     i = int(i)
     if not -len(self) <= i < len(self):
-      raise IndexError(f"index {i} out of range for {len(self)} examples")
-    i %= len(self)
-    src, rec = self._refs[i]
-    example = self._sources[int(src)][int(rec)]
-    image = np.asarray(example["image"], np.uint8)
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.shape[-1] == 1:
-      image = np.repeat(image, 3, axis=-1)
-    if self.image_size is not None:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-      image = np.asarray(Image.fromarray(image).resize(
-          (self.image_size, self.image_size), Image.BILINEAR), np.uint8)
-    return {"image": image, "label": int(self.labels[i]), "index": i}
+      raise IndexError(f"index {i} out of range for {len(self)} records")
+    source, record = self._refs[i % len(self)]
+    return self._sources[int(source)][int(record)][self._image_key]
 
 
 def _read_labels(source: Sequence[Any], key: str) -> np.ndarray:
   """Reads one label per record, in record order.
 
-  TFDS can skip image decoding only through ``tfds.decode.SkipDecoding``,
-  which needs TensorFlow, so this iterates once over the full records (images
-  decoded and dropped), in chunks through ``__getitems__`` when available.
+  The sources are opened with ``SkipDecoding`` for the image, so this parses
+  each record but decodes no image; chunks go through ``__getitems__`` when
+  the source has it.
   """
   n = len(source)
   out = np.empty(n, np.int64)
@@ -219,12 +195,12 @@ def _read_labels(source: Sequence[Any], key: str) -> np.ndarray:
   return out
 
 
-def verify_counts(name: str, train: TfdsSource, test: TfdsSource) -> None:
+def verify_counts(name: str, train, test) -> None:
   """Raises ValueError when the split sizes differ from the protocol.
 
   Args:
     name: key in :data:`BENCHMARKS`.
-    train: the train split.
+    train: the train split (``len`` and ``num_classes``).
     test: the test split.
   """
   bench = BENCHMARKS[name]
@@ -233,58 +209,66 @@ def verify_counts(name: str, train: TfdsSource, test: TfdsSource) -> None:
   if found_images != bench.num_images or found_classes != bench.num_classes:
     raise ValueError(
         f"{name}: expected (train, test) images {bench.num_images} and "
-        f"classes {bench.num_classes}, found images {found_images} and "
-        f"classes {found_classes}")
+        f"classes {bench.num_classes} (the evaluation protocol), found images "
+        f"{found_images} and classes {found_classes}. The prepared TFDS data "
+        f"is not the standard release; re-run `make data DATASET={name}`, or "
+        f"pass data.check_counts=False to train on it anyway.")
 
 
 def _not_prepared(name: str, bench: Benchmark, searched: str) -> str:
   msg = (f"dataset {name!r} (TFDS {bench.builder!r}) is not prepared in the "
-         f"array_record format under {searched}; run `make data DATASET={name}`"
-         f" to prepare it")
+         f"array_record format under {searched}. Run `make data DATASET={name}`"
+         f" to download and prepare it (once, needs internet), then run "
+         f"`make train DATASET={name}` again; set TFDS_DATA_DIR for another "
+         f"data folder")
   if bench.manual_download:
     msg += (f". {bench.builder}'s download address is dead upstream: the "
             f"files must be placed by hand under <data_dir>/downloads/manual "
-            f"first (see docs)")
+            f"first (see docs/data.md)")
   return msg
 
 
 def load_benchmark(
-    name: str, *, data_dir: str | None = None, image_size: int | None = None,
-    check_counts: bool = True,
-) -> tuple[TfdsSource, TfdsSource]:
-  """Loads a benchmark as class-disjoint train and test sources.
+    name: str, *, data_dir: str | None = None,
+    transform: Any = None, options: Any = None, check_counts: bool = True,
+) -> tuple[Any, Any]:
+  """Loads a benchmark as class-disjoint train and test image splits.
 
   All TFDS splits are read with ``tfds.data_source`` (no download) and
   concatenated in TFDS record order; CUB and Cars196 are re-split by class,
   SOP keeps its TFDS train / test splits. Labels are remapped to ``0..C-1``
-  per half, in increasing TFDS label order. Reading the labels decodes every
-  record once (see :func:`_read_labels`).
+  per half, in increasing TFDS label order.
 
   Args:
     name: ``"cub"``, ``"cars196"`` or ``"sop"``.
     data_dir: TFDS data dir; None uses the TFDS default (``TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
-    image_size: optional square size images are resized to on access.
+    transform: the :class:`~nngk_jax.pipeline.ImageTransform` (default:
+      resize 256, crop 224).
+    options: the :class:`~nngk_jax.pipeline.LoaderOptions`.
     check_counts: raise ValueError when image or class counts differ from the
       evaluation protocol.
 
   Returns:
-    ``(train_source, test_source)``.
+    ``(train, test)`` :class:`~nngk_jax.pipeline.ImageSplit` s.
 
   Raises:
     KeyError: unknown name.
-    DatasetNotAvailableError: the dataset is not prepared under the data dir.
+    DatasetNotAvailableError: the dataset is not prepared under the data dir
+      (the message gives the command that prepares it).
     ValueError: counts differ from the protocol (with ``check_counts``).
   """
   if name not in BENCHMARKS:
     raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
   bench = BENCHMARKS[name]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from nngk_jax import pipeline as pipelib  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(bench.builder, data_dir=data_dir)
   try:
-    sources = [tfds.data_source(bench.builder, split=split,
-                                data_dir=data_dir, download=False)
+    sources = [tfds.data_source(
+        bench.builder, split=split, data_dir=data_dir, download=False,
+        decoders={"image": tfds.decode.SkipDecoding()})
                for split in bench.tfds_splits]
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():
@@ -305,13 +289,42 @@ def load_benchmark(
   else:
     train_pos, test_pos = split_by_class(labels, bench.class_rule)
 
+  transform = transform or pipelib.ImageTransform()
   halves = []
   for pos in (train_pos, test_pos):
     new_labels, classes = remap_labels(labels[pos])
     class_names = [names[c] if names else str(c) for c in classes]
-    halves.append(TfdsSource(sources, refs[pos], new_labels, class_names,
-                             image_size=image_size))
+    halves.append(pipelib.ImageSplit(
+        TfdsRecords(sources, refs[pos]), new_labels, class_names, transform,
+        options=options))
   train, test = halves
   if check_counts:
     verify_counts(name, train, test)
   return train, test
+
+
+def load_benchmark_dataset(name: str, *, data_dir: str | None = None,
+                           pipeline: dict[str, Any] | None = None,
+                           check_counts: bool = True):
+  """A benchmark as a metric-learning :class:`~nngk_jax.data.Dataset`.
+
+  This is what ``load_dataset("cub")`` (and ``"cars196"``, ``"sop"``)
+  calls, with the config's ``data`` fields as keyword arguments.
+
+  Args:
+    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    data_dir: TFDS data dir (default: ``TFDS_DATA_DIR`` or
+      ``~/tensorflow_datasets``).
+    pipeline: options of :func:`nngk_jax.pipeline.pipeline_from_options`.
+    check_counts: check the protocol's image and class counts.
+
+  Returns:
+    A :class:`~nngk_jax.data.Dataset` with protocol ``"metric"``.
+  """
+  from nngk_jax import data as datalib  # pylint: disable=g-import-not-at-top
+  from nngk_jax import pipeline as pipelib  # pylint: disable=g-import-not-at-top
+
+  transform, options = pipelib.pipeline_from_options(pipeline)
+  train, test = load_benchmark(name, data_dir=data_dir, transform=transform,
+                               options=options, check_counts=check_counts)
+  return datalib.Dataset(name=name, train=train, test=test, protocol="metric")

@@ -22,6 +22,7 @@ import argparse
 import ast
 import functools
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -150,9 +151,11 @@ def create_train_state(rng: jax.Array, config, model: models.EmbeddingNet,
           "weights_opt_state": None}
   if objective.uses_centre_bank:
     num_centres = len(train_split)
+    embeddings, _ = jax.eval_shape(
+        functools.partial(model.apply, train=False), variables, sample)
     log_weights = jnp.zeros((num_centres,), jnp.float32)
     bank = {
-        "centres": jnp.zeros((num_centres, config.model.embed_dim),
+        "centres": jnp.zeros((num_centres, embeddings.shape[-1]),
                              jnp.float32),
         "centre_labels": jnp.asarray(train_split.labels, jnp.int32),
         "centre_log_weights": log_weights,
@@ -167,6 +170,35 @@ def create_train_state(rng: jax.Array, config, model: models.EmbeddingNet,
       rng=jax.random.key_data(state_rng),
       **bank,
   )
+
+
+def pretrained_weights_path(config) -> pathlib.Path | None:
+  """``config.model.pretrained`` as a path, checked to exist (None if unset)."""
+  path = config.model.get("pretrained")
+  if not path:
+    return None
+  path = pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"model.pretrained: ImageNet weights {str(path)!r} not found. On a "
+        f"machine with internet, get them with the one-line command in "
+        f"docs/pretrained.md (torchvision or timm {config.model.backbone} "
+        f"saved as safetensors) and copy the file there, or pass "
+        f"model.pretrained=None to train from random initialisation.")
+  return path
+
+
+def load_pretrained(state: TrainState, config) -> TrainState:
+  """The state with its backbone replaced by ``config.model.pretrained``."""
+  from nngk_jax import pretrained  # pylint: disable=g-import-not-at-top
+  path = pretrained_weights_path(config)
+  if path is None:
+    return state
+  variables = pretrained.load_backbone_weights(
+      {"params": state.params, "batch_stats": state.batch_stats}, path,
+      arch=config.model.backbone)
+  return state.replace(params=variables["params"],
+                       batch_stats=variables["batch_stats"])
 
 
 def make_train_step(config, num_classes: int | None = None):
@@ -347,6 +379,7 @@ def kernel_classify(centres: np.ndarray, centre_labels: np.ndarray,
 def validate_config(config, dataset: datalib.Dataset) -> None:
   """Clear errors for settings the data cannot support."""
   objective = objectives.get_objective(config.objective)
+  pretrained_weights_path(config)  # a missing weights file stops at once
   n_train = len(dataset.train)
   if config.batch_size > n_train:
     raise ValueError(f"batch_size={config.batch_size} is larger than the "
@@ -388,10 +421,12 @@ def _batches_with_neighbours(split, config, epoch, graph) -> Iterator[dict]:
   if objective.sampler == "class_balanced":
     batches = datalib.iterate_class_balanced_batches(
         split, config.batch_size // config.samples_per_class,
-        config.samples_per_class, seed=config.seed, epoch=epoch)
+        config.samples_per_class, seed=config.seed, epoch=epoch,
+        augment=True)
   else:
     batches = datalib.iterate_batches(split, config.batch_size,
-                                      seed=config.seed, epoch=epoch)
+                                      seed=config.seed, epoch=epoch,
+                                      augment=True)
   for batch in batches:
     if graph is not None:
       batch["neighbour_idx"], batch["neighbour_mask"] = graph.rows(
@@ -505,6 +540,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if store.latest_epoch() is not None:
     state, start_epoch = store.restore(state)
     print(f"Resuming {workdir} after epoch {start_epoch}.", file=sys.stderr)
+  else:
+    state = load_pretrained(state, config)
   history_path = workdir / "history.jsonl"
   history = _read_history(history_path, start_epoch)
 
@@ -580,8 +617,9 @@ def _print_record(record: dict) -> None:
 # Command line.
 
 
-def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  """Runs ``get_config()`` of a Python config file."""
+def load_config(path: str | os.PathLike,
+                recipe: str | None = None) -> ml_collections.ConfigDict:
+  """Runs ``get_config()`` (or ``get_config(recipe)``) of a Python config file."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"config file {path} does not exist")
@@ -591,7 +629,12 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  if recipe is None:
+    return module.get_config()
+  if not inspect.signature(module.get_config).parameters:
+    raise ValueError(f"config file {path} has no recipes (its get_config() "
+                     f"takes no argument); drop --recipe {recipe}")
+  return module.get_config(recipe)
 
 
 def config_for_dataset(dataset: str) -> pathlib.Path:
@@ -640,14 +683,17 @@ def main(argv: list[str] | None = None) -> int:
       prog="python -m nngk_jax.train",
       description="Train an NNGK (or baseline) embedding network.")
   parser.add_argument("--config", help="Python config file (get_config())")
-  parser.add_argument("--dataset", help="dataset name: digits, folder:PATH, ...")
+  parser.add_argument("--dataset",
+                      help="dataset name: digits, folder:PATH, cub, cars196, sop")
+  parser.add_argument("--recipe", help="recipe of the config file, e.g. "
+                      "'paper' or 'strong' for the benchmarks")
   parser.add_argument("--workdir", required=True,
                       help="output and checkpoint directory; rerun to resume")
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
   args = parser.parse_intermixed_args(argv)
   try:
     config_path = args.config or config_for_dataset(args.dataset or "digits")
-    config = load_config(config_path)
+    config = load_config(config_path, args.recipe or None)
     if args.dataset:
       config.dataset = args.dataset
     apply_overrides(config, args.overrides)

@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 # Tests run on the CPU, with numba's compiled kernels cached between runs.
@@ -40,3 +41,51 @@ def tiny_config():
     return config
 
   return make
+
+
+def _encoded(value: int, shape=(12, 10)) -> bytes:
+  """A PNG of one grey level, as TFDS stores images (encoded bytes)."""
+  import io
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.fromarray(np.full(shape + (3,), value, np.uint8)).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
+# TFDS labels per split of the fake data: several images per class, classes
+# on both sides of each benchmark's class boundary.
+FAKE_LABELS = {
+    "cub": {"train": [0, 0, 0, 1, 1, 1, 150, 150, 150],
+            "test": [2, 2, 2, 150, 199, 199, 199]},
+    "cars196": {"train": [0, 0, 0, 97, 97, 98, 98, 98],
+                "test": [5, 5, 5, 195, 195, 195]},
+    "sop": {"train": [0, 0, 0, 1, 1, 1, 2, 2],
+            "test": [3, 3, 3, 4, 4, 4, 5, 5, 5]},
+}
+
+
+def _fake_tfds(name):
+  """mock_data serving FAKE_LABELS[name] with encoded images."""
+  from nngk_jax import tfds_data
+  import tensorflow_datasets as tfds
+  bench = tfds_data.BENCHMARKS[name]
+
+  def as_data_source(builder, split, decoders=None, **kwargs):
+    del builder, decoders, kwargs
+    return [{"image": _encoded(17 * i % 256), bench.label_key: label,
+             "id": f"{split}-{i}"}
+            for i, label in enumerate(FAKE_LABELS[name][str(split)])]
+
+  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=as_data_source)
+
+
+@pytest.fixture
+def fake_tfds():
+  """``fake_tfds(name)``: a context in which ``tfds.data_source`` serves
+  small fake CUB / Cars196 / SOP data (``FAKE_LABELS``, PNG-encoded images);
+  ``fake_tfds.labels`` is ``FAKE_LABELS``.
+  """
+  pytest.importorskip("tensorflow_datasets")
+  _fake_tfds.labels = FAKE_LABELS
+  return _fake_tfds

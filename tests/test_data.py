@@ -274,10 +274,10 @@ def test_folder_no_classes_or_one_class(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cub", "cars196", "sop"])
-def test_benchmark_names_not_available(name):
+def test_benchmark_not_prepared_names_the_command(name, tmp_path):
   with pytest.raises(data.DatasetNotAvailableError,
-                     match=r"not available yet.*DATASET=digits"):
-    data.load_dataset(name)
+                     match=rf"make data DATASET={name}"):
+    data.load_dataset(name, data_dir=str(tmp_path))
   assert issubclass(data.DatasetNotAvailableError, RuntimeError)
 
 

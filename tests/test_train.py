@@ -197,14 +197,6 @@ def test_unknown_override_field(tiny_config):
     train.apply_overrides(tiny_config(), ["nngk.kk=3"])
 
 
-def test_cli_benchmark_dataset_not_available_yet(tmp_path, capsys):
-  code = train.main(["--dataset", "cub", "--workdir", str(tmp_path)])
-  assert code == 2
-  err = capsys.readouterr().err
-  assert "CUB-200-2011" in err and "not available yet" in err
-  assert not (tmp_path / "checkpoints").exists()
-
-
 def test_cli_folder_with_unreadable_image_names_it(tmp_path, capsys):
   root = tmp_path / "images"
   for c in ("cat", "dog"):

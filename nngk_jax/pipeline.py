@@ -1,0 +1,426 @@
+"""The image input pipeline: decode, resize, crop, flip, normalise, in parallel.
+
+Images that do not fit in memory (CUB, Cars196, SOP, your own folders at
+224x224) are held as an :class:`ImageSplit`: a random-access split whose
+``i``-th record is read and transformed only when a batch needs it. Batches
+are assembled by `grain <https://github.com/google/grain>`_ from the index
+batches the samplers in :mod:`nngk_jax.data` choose, with worker threads
+(and, optionally, worker processes) and prefetching, so that on a GPU the
+network, not the input, sets the pace.
+
+The transforms follow torchvision's, as the paper's code used them:
+
+- training: resize the shorter side to ``resize``, random ``crop`` x
+  ``crop`` crop (or, with ``random_resized_crop``, an Inception-style crop of
+  8-100% of the area and aspect 3/4-4/3 resized to ``crop``), horizontal
+  flip with probability 1/2, then normalise;
+- evaluation and centre refresh: resize the shorter side, centre crop.
+
+Normalisation ``"unit"`` maps pixels to ``[-1, 1]`` (mean 0.5, std 0.5, as
+the paper's code); ``"imagenet"`` uses the ImageNet mean and std that
+torchvision and timm weights were trained with.
+
+Everything here is host-side NumPy and Pillow; nothing runs inside
+``jax.jit``. Random choices are a pure function of ``(seed, epoch, position
+in the epoch)``, so a resumed run sees the same augmentations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ImageSplit",
+    "ImageTransform",
+    "LoaderOptions",
+    "NORMALIZATIONS",
+    "decode_image",
+    "pipeline_from_options",
+]
+
+# name -> (mean, std) per RGB channel, on pixels scaled to [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "unit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def _positive_int(value: Any, what: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < 1):
+    raise ValueError(f"{what} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def decode_image(record: Any, *, draft_size: int | None = None):
+  """A record as an RGB ``PIL.Image``.
+
+  Args:
+    record: encoded image bytes (as TFDS stores them), a file path, or a
+      ``uint8`` array ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``.
+    draft_size: when given, a JPEG is decoded at the smallest power-of-two
+      reduction that keeps both sides at least this large (Pillow's draft
+      mode), which is much faster for large photographs.
+
+  Returns:
+    An RGB ``PIL.Image.Image``.
+
+  Raises:
+    DataError: the record cannot be decoded (the message says why).
+
+  Examples:
+    >>> import numpy as np
+    >>> decode_image(np.zeros((4, 6), np.uint8)).size
+    (6, 4)
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from nngk_jax.data import DataError  # pylint: disable=g-import-not-at-top
+
+  if isinstance(record, np.ndarray):
+    array = record
+    if array.ndim == 3 and array.shape[-1] == 1:
+      array = array[..., 0]
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+        array.ndim == 3 and array.shape[-1] != 3):
+      raise DataError(f"an image array must be uint8 [H, W], [H, W, 1] or "
+                      f"[H, W, 3], got {array.dtype} {record.shape}")
+    return Image.fromarray(array).convert("RGB")
+  try:
+    if isinstance(record, (bytes, bytearray, memoryview)):
+      image = Image.open(io.BytesIO(bytes(record)))
+    else:
+      image = Image.open(pathlib.Path(record))
+    if draft_size is not None and image.format == "JPEG":
+      image.draft("RGB", (draft_size, draft_size))
+    return image.convert("RGB")
+  except Exception as err:  # Pillow raises many kinds for a bad file.
+    what = "image bytes" if isinstance(record, (bytes, bytearray,
+                                               memoryview)) else f"image {record}"
+    raise DataError(f"cannot read {what}: {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTransform:
+  """Resize, crop, flip and normalise, as torchvision's transforms do.
+
+  Attributes:
+    resize: the shorter side is resized to this many pixels (aspect kept).
+    crop: side of the square crop fed to the network (``<= resize``).
+    random_resized_crop: training crops are Inception-style random resized
+      crops (area 8-100%, aspect 3/4-4/3) instead of resize + random crop.
+    flip: random horizontal flips in training.
+    normalization: a key of :data:`NORMALIZATIONS`.
+
+  Examples:
+    >>> import numpy as np
+    >>> t = ImageTransform(resize=8, crop=6)
+    >>> image = np.full((10, 20, 3), 255, np.uint8)
+    >>> out = t.evaluate(image)
+    >>> out.shape, out.dtype, float(out.min()), float(out.max())
+    ((6, 6, 3), dtype('float32'), 1.0, 1.0)
+    >>> t.train(image, np.random.default_rng(0)).shape
+    (6, 6, 3)
+  """
+
+  resize: int = 256
+  crop: int = 224
+  random_resized_crop: bool = False
+  flip: bool = True
+  normalization: str = "unit"
+
+  def __post_init__(self) -> None:
+    _positive_int(self.resize, "resize")
+    _positive_int(self.crop, "crop")
+    if self.crop > self.resize:
+      raise ValueError(f"crop={self.crop} must not exceed resize="
+                       f"{self.resize}")
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f"normalization must be one of "
+                       f"{sorted(NORMALIZATIONS)}, got {self.normalization!r}")
+
+  @property
+  def output_shape(self) -> tuple[int, int, int]:
+    """``(crop, crop, 3)``."""
+    return (self.crop, self.crop, 3)
+
+  def _normalise(self, image) -> np.ndarray:
+    mean, std = NORMALIZATIONS[self.normalization]
+    pixels = np.asarray(image, np.float32) * np.float32(1 / 255)
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+  def _resize_shorter(self, image):
+    """Shorter side to ``resize``, longer side in proportion (torchvision)."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if short == self.resize:
+      return image
+    long = int(self.resize * long / short)
+    size = (self.resize, long) if width <= height else (long, self.resize)
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+  def evaluate(self, record: Any) -> np.ndarray:
+    """Resize the shorter side, centre crop, normalise: ``[crop, crop, 3]``."""
+    image = self._resize_shorter(decode_image(record, draft_size=self.resize))
+    width, height = image.size
+    left, top = (width - self.crop) // 2, (height - self.crop) // 2
+    image = image.crop((left, top, left + self.crop, top + self.crop))
+    return self._normalise(image)
+
+  def train(self, record: Any, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (and flip) of the record: ``[crop, crop, 3]`` float32."""
+    if self.random_resized_crop:
+      image = self._random_resized_crop(decode_image(record), rng)
+    else:
+      image = self._resize_shorter(decode_image(record,
+                                                draft_size=self.resize))
+      width, height = image.size
+      left = int(rng.integers(0, width - self.crop + 1))
+      top = int(rng.integers(0, height - self.crop + 1))
+      image = image.crop((left, top, left + self.crop, top + self.crop))
+    pixels = self._normalise(image)
+    if self.flip and rng.random() < 0.5:
+      pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels)
+
+  def _random_resized_crop(self, image, rng: np.random.Generator):
+    """torchvision's RandomResizedCrop(crop, scale=(0.08, 1), ratio=(3/4, 4/3))."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    width, height = image.size
+    area = width * height
+    log_ratio = (math.log(3 / 4), math.log(4 / 3))
+    box = None
+    for _ in range(10):
+      target = area * rng.uniform(0.08, 1.0)
+      ratio = math.exp(rng.uniform(*log_ratio))
+      w = round(math.sqrt(target * ratio))
+      h = round(math.sqrt(target / ratio))
+      if 0 < w <= width and 0 < h <= height:
+        left = int(rng.integers(0, width - w + 1))
+        top = int(rng.integers(0, height - h + 1))
+        box = (left, top, left + w, top + h)
+        break
+    if box is None:  # fall back to a centre crop of clamped aspect
+      ratio = width / height
+      if ratio < 3 / 4:
+        w, h = width, round(width / (3 / 4))
+      elif ratio > 4 / 3:
+        w, h = round(height * (4 / 3)), height
+      else:
+        w, h = width, height
+      left, top = (width - w) // 2, (height - h) // 2
+      box = (left, top, left + w, top + h)
+    return image.resize((self.crop, self.crop), Image.Resampling.BILINEAR,
+                        box=box)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+  """How :meth:`ImageSplit.load_batches` parallelises.
+
+  Attributes:
+    num_threads: decoding threads per process (Pillow releases the GIL while
+      decoding and resizing, so threads scale).
+    num_workers: worker processes (grain ``mp_prefetch``); 0 decodes in the
+      training process. Processes help when Python overhead, not Pillow,
+      is the limit, and cost start-up time and memory.
+    prefetch: images decoded ahead of the consumer, per process.
+  """
+
+  num_threads: int = max(1, min(16, os.cpu_count() or 1))
+  num_workers: int = 0
+  prefetch: int = 256
+
+  def __post_init__(self) -> None:
+    _positive_int(self.num_threads, "num_threads")
+    _positive_int(self.prefetch, "prefetch")
+    if isinstance(self.num_workers, bool) or not isinstance(
+        self.num_workers, (int, np.integer)) or self.num_workers < 0:
+      raise ValueError(f"num_workers must be a non-negative integer, got "
+                       f"{self.num_workers!r}")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([int(seed), int(epoch), 11])
+             .generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class _Reader:
+  """Picklable per-record function for grain: position -> example dict."""
+
+  def __init__(self, split: "ImageSplit", indices: np.ndarray, augment: bool):
+    self.split, self.indices, self.augment = split, indices, augment
+
+  def __call__(self, position: int, rng: np.random.Generator | None = None):
+    index = int(self.indices[position])
+    record = self.split.records[index]
+    if self.augment:
+      image = self.split.transform.train(record, rng)
+    else:
+      image = self.split.transform.evaluate(record)
+    return {"image": image, "label": np.int32(self.split.labels[index]),
+            "index": np.int32(index)}
+
+
+class ImageSplit:
+  """A split of images decoded and transformed when read.
+
+  It offers what :class:`nngk_jax.data.Split` offers (``len``, ``labels``,
+  ``class_names``, ``num_classes``, ``image_shape``, ``split[i]``,
+  ``get_batch``), so the trainer treats both alike, plus
+  :meth:`load_batches`, the parallel path the batch iterators take.
+
+  Attributes:
+    records: random-access sequence; ``records[i]`` is encoded image bytes,
+      a file path or a ``uint8`` array (see :func:`decode_image`).
+    labels: ``[num_examples]`` int32 in ``[0, num_classes)``, read-only.
+    class_names: one name per class.
+    transform: the :class:`ImageTransform`.
+    options: the :class:`LoaderOptions`.
+
+  Examples:
+    >>> import numpy as np
+    >>> records = [np.full((9, 12, 3), 10 * i, np.uint8) for i in range(4)]
+    >>> split = ImageSplit(records, [0, 0, 1, 1], ("a", "b"),
+    ...                    ImageTransform(resize=8, crop=8))
+    >>> len(split), split.image_shape, split[3]["label"]
+    (4, (8, 8, 3), 1)
+    >>> batches = list(split.load_batches([np.array([2, 0])], augment=True,
+    ...                                   seed=0, epoch=0))
+    >>> batches[0]["image"].shape, batches[0]["index"].tolist()
+    ((2, 8, 8, 3), [2, 0])
+  """
+
+  def __init__(self, records: Sequence[Any], labels: Sequence[int] | np.ndarray,
+               class_names: Sequence[str], transform: ImageTransform, *,
+               options: LoaderOptions | None = None,
+               require_every_class: bool = True) -> None:
+    from nngk_jax.data import check_labels  # pylint: disable=g-import-not-at-top
+
+    if len(records) != len(labels):
+      raise ValueError(f"{len(records)} records but {len(labels)} labels")
+    self.records = records
+    self.labels, self.class_names = check_labels(
+        labels, class_names, require_every_class=require_every_class)
+    self.transform = transform
+    self.options = options or LoaderOptions()
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __repr__(self) -> str:
+    return (f"ImageSplit(num_examples={len(self)}, image_shape="
+            f"{self.image_shape}, num_classes={self.num_classes})")
+
+  @property
+  def num_classes(self) -> int:
+    """Number of classes, ``len(class_names)``."""
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """``(crop, crop, 3)``: the shape of every transformed image."""
+    return self.transform.output_shape
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    """Example ``i`` with the evaluation transform."""
+    n = len(self)
+    index = int(i)
+    if not -n <= index < n:
+      raise IndexError(f"index {index} out of range for a split of {n}")
+    index %= n
+    return {"image": self.transform.evaluate(self.records[index]),
+            "label": int(self.labels[index]), "index": index}
+
+  def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """The examples at ``indices`` (evaluation transform), read serially."""
+    indices = np.asarray(indices, np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"indices must lie in [0, {len(self)}), found "
+                       f"[{indices.min()}, {indices.max()}]")
+    examples = [self[int(i)] for i in indices]
+    return {"image": np.stack([e["image"] for e in examples]),
+            "label": self.labels[indices],
+            "index": indices.astype(np.int32)}
+
+  def load_batches(self, index_batches: Sequence[np.ndarray], *,
+                   augment: bool, seed: int,
+                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of examples at ``index_batches``, in order, via grain.
+
+    Args:
+      index_batches: equal-length 1-d integer arrays (a sampler's batches).
+      augment: training transform (random crop, flip) or evaluation one.
+      seed: the run's data seed; with ``epoch`` and the position in the
+        epoch it fixes every random choice.
+      epoch: the epoch number.
+
+    Returns:
+      An iterator of ``{"image": [batch, crop, crop, 3] float32, "label":
+      [batch] int32, "index": [batch] int32}``.
+    """
+    import grain  # pylint: disable=g-import-not-at-top
+
+    if not len(index_batches):
+      return iter(())
+    batch_size = len(index_batches[0])
+    if any(len(b) != batch_size for b in index_batches):
+      raise ValueError("index batches must all have the same length")
+    flat = np.concatenate([np.asarray(b, np.int64) for b in index_batches])
+    reader = _Reader(self, flat, augment)
+    positions = grain.MapDataset.range(len(flat))
+    if augment:
+      dataset = positions.random_map(reader, seed=_epoch_seed(seed, epoch))
+    else:
+      dataset = positions.map(reader)
+    dataset = dataset.batch(batch_size).to_iter_dataset(grain.ReadOptions(
+        num_threads=self.options.num_threads,
+        prefetch_buffer_size=self.options.prefetch))
+    if self.options.num_workers:
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.options.num_workers))
+    return iter(dataset)
+
+
+def pipeline_from_options(
+    options: dict[str, Any] | None) -> tuple[ImageTransform, LoaderOptions]:
+  """Splits a config's ``data.pipeline`` dict into transform and loader options.
+
+  Args:
+    options: fields of :class:`ImageTransform` and :class:`LoaderOptions`
+      (``resize``, ``crop``, ``random_resized_crop``, ``flip``,
+      ``normalization``, ``num_threads``, ``num_workers``, ``prefetch``);
+      None or missing fields take the defaults.
+
+  Returns:
+    ``(transform, loader_options)``.
+
+  Raises:
+    ValueError: an unknown field (the message lists the known ones) or a bad
+      value.
+
+  Examples:
+    >>> t, o = pipeline_from_options({"crop": 200, "num_workers": 2})
+    >>> t.crop, t.resize, o.num_workers
+    (200, 256, 2)
+  """
+  options = dict(options or {})
+  transform_fields = {f.name for f in dataclasses.fields(ImageTransform)}
+  loader_fields = {f.name for f in dataclasses.fields(LoaderOptions)}
+  unknown = sorted(set(options) - transform_fields - loader_fields)
+  if unknown:
+    raise ValueError(f"unknown pipeline options {unknown}; known: "
+                     f"{sorted(transform_fields | loader_fields)}")
+  transform = ImageTransform(
+      **{k: v for k, v in options.items() if k in transform_fields})
+  loader = LoaderOptions(**{k: v for k, v in options.items()
+                            if k in loader_fields})
+  return transform, loader
