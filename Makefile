@@ -11,7 +11,7 @@ RECIPE ?=
 # PyNNDescent's numba kernels are cached here across processes.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: venv train test test-fast bench compare notebook clean
+.PHONY: venv train test test-fast bench compare notebook clean data
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -36,6 +36,19 @@ bench: venv
 
 compare: venv
 	$(PY) experiments/compare.py --dataset '$(DATASET)' --results-doc docs/results.md $(ARGS)
+
+# Prepares a TFDS benchmark (cub, cars196, sop) for training: installs the
+# optional requirements-data.txt (TensorFlow) into $(VENV), then downloads and
+# prepares it under $(TFDS_DATA_DIR) (default ~/tensorflow_datasets). Cars196
+# needs its files placed by hand first: see docs/data.md.
+data: venv
+	@case '$(DATASET)' in \
+	  cub|cars196|sop) ;; \
+	  digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	esac
+	$(PY) -m pip install -q -r requirements-data.txt
+	$(PY) -m nngk_jax.prepare '$(DATASET)' $(if $(TFDS_DATA_DIR),--data-dir '$(TFDS_DATA_DIR)')
 
 clean:
 	rm -rf runs .pytest_cache .numba_cache

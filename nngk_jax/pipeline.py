@@ -385,6 +385,11 @@ class ImageSplit:
         num_threads=self.options.num_threads,
         prefetch_buffer_size=self.options.prefetch))
     if self.options.num_workers:
+      # grain's worker processes read absl flags, which a program that does
+      # not run absl.app never parses: take their defaults.
+      from absl import flags  # pylint: disable=g-import-not-at-top
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
       dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.options.num_workers))
     return iter(dataset)

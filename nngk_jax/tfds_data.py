@@ -215,19 +215,6 @@ def verify_counts(name: str, train, test) -> None:
         f"pass data.check_counts=False to train on it anyway.")
 
 
-def _not_prepared(name: str, bench: Benchmark, searched: str) -> str:
-  msg = (f"dataset {name!r} (TFDS {bench.builder!r}) is not prepared in the "
-         f"array_record format under {searched}. Run `make data DATASET={name}`"
-         f" to download and prepare it (once, needs internet), then run "
-         f"`make train DATASET={name}` again; set TFDS_DATA_DIR for another "
-         f"data folder")
-  if bench.manual_download:
-    msg += (f". {bench.builder}'s download address is dead upstream: the "
-            f"files must be placed by hand under <data_dir>/downloads/manual "
-            f"first (see docs/data.md)")
-  return msg
-
-
 def load_benchmark(
     name: str, *, data_dir: str | None = None,
     transform: Any = None, options: Any = None, check_counts: bool = True,
@@ -272,8 +259,9 @@ def load_benchmark(
                for split in bench.tfds_splits]
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():
-      raise DatasetNotAvailableError(
-          _not_prepared(name, bench, str(builder.data_dir))) from e
+      from nngk_jax import prepare  # pylint: disable=g-import-not-at-top
+      raise DatasetNotAvailableError(prepare.missing_data_message(
+          name, builder.data_dir_root)) from e
     raise
   features = builder.info.features
   names = getattr(features[bench.label_key], "names", None)

@@ -1,0 +1,210 @@
+"""Tests for the image input pipeline (nngk_jax.pipeline)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nngk_jax import data
+from nngk_jax import pipeline
+
+
+def _coded_image(height=12, width=20):
+  """uint8 RGB image whose pixel (r, c) is (10 r, 10 c, 7) + small: unique."""
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  return np.stack([rows * 10, cols * 10, np.full_like(rows, 7)],
+                  axis=-1).astype(np.uint8)
+
+
+def _unit(pixels):
+  return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def _windows(image, crop):
+  """Every crop x crop window of ``image`` (a loop reference)."""
+  h, w = image.shape[:2]
+  return [image[t:t + crop, l:l + crop] for t in range(h - crop + 1)
+          for l in range(w - crop + 1)]
+
+
+def test_evaluate_is_a_centre_crop():
+  image = _coded_image(12, 20)  # shorter side 12 == resize: no resampling
+  out = pipeline.ImageTransform(resize=12, crop=8).evaluate(image)
+  np.testing.assert_allclose(out, _unit(image[2:10, 6:14]), atol=1e-6)
+
+
+def test_resize_keeps_aspect_of_shorter_side():
+  transform = pipeline.ImageTransform(resize=6, crop=6)
+  tall = transform._resize_shorter(Image.new("RGB", (10, 30)))
+  wide = transform._resize_shorter(Image.new("RGB", (30, 10)))
+  assert tall.size == (6, 18) and wide.size == (18, 6)
+
+
+def test_train_crop_is_a_window_and_flip_a_mirror():
+  image = _coded_image(12, 20)
+  transform = pipeline.ImageTransform(resize=12, crop=8, flip=True)
+  windows = [_unit(w) for w in _windows(image, 8)]
+  rng = np.random.default_rng(0)
+  flipped = plain = 0
+  seen = set()
+  for _ in range(40):
+    out = transform.train(image, rng)
+    match = [i for i, w in enumerate(windows) if np.allclose(out, w)]
+    mirror = [i for i, w in enumerate(windows)
+              if np.allclose(out[:, ::-1], w)]
+    assert match or mirror
+    plain += bool(match)
+    flipped += bool(mirror)
+    seen.update(match or mirror)
+  assert plain and flipped
+  assert len(seen) > 5  # crops move around
+
+
+def test_no_flip_option():
+  image = _coded_image(12, 20)
+  transform = pipeline.ImageTransform(resize=12, crop=12, flip=False)
+  for seed in range(5):
+    out = transform.train(image, np.random.default_rng(seed))
+    assert any(np.allclose(out, _unit(w)) for w in _windows(image, 12))
+
+
+def test_random_resized_crop_shape_and_content():
+  transform = pipeline.ImageTransform(resize=16, crop=10,
+                                      random_resized_crop=True)
+  constant = np.full((40, 30, 3), 200, np.uint8)
+  out = transform.train(constant, np.random.default_rng(0))
+  assert out.shape == (10, 10, 3)
+  np.testing.assert_allclose(out, _unit(np.uint8(200)), atol=1e-5)
+  image = _coded_image(40, 30)
+  crops = [transform.train(image, np.random.default_rng(s)) for s in range(4)]
+  assert not all(np.allclose(crops[0], c) for c in crops[1:])
+
+
+def test_imagenet_normalization():
+  transform = pipeline.ImageTransform(resize=4, crop=4,
+                                      normalization="imagenet")
+  out = transform.evaluate(np.full((4, 4, 3), 255, np.uint8))
+  mean, std = pipeline.NORMALIZATIONS["imagenet"]
+  np.testing.assert_allclose(out[0, 0], (1 - np.array(mean)) / np.array(std),
+                             rtol=1e-6)
+
+
+def test_decode_kinds(tmp_path):
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  assert np.asarray(pipeline.decode_image(grey)).shape == (3, 4, 3)
+  buffer = io.BytesIO()
+  Image.fromarray(_coded_image(5, 6)).save(buffer, "PNG")
+  np.testing.assert_array_equal(pipeline.decode_image(buffer.getvalue()),
+                                _coded_image(5, 6))
+  path = tmp_path / "x.png"
+  path.write_bytes(buffer.getvalue())
+  np.testing.assert_array_equal(pipeline.decode_image(str(path)),
+                                _coded_image(5, 6))
+
+
+def test_decode_errors_name_the_record(tmp_path):
+  bad = tmp_path / "broken.jpg"
+  bad.write_bytes(b"not an image")
+  with pytest.raises(data.DataError, match="broken.jpg"):
+    pipeline.decode_image(str(bad))
+  with pytest.raises(data.DataError, match="image bytes"):
+    pipeline.decode_image(b"\x00\x01")
+  with pytest.raises(data.DataError, match="uint8"):
+    pipeline.decode_image(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"crop": 300}, "must not exceed resize"),
+    ({"normalization": "zscore"}, "normalization must be one of"),
+    ({"resize": 0}, "resize must be a positive integer"),
+    ({"num_workers": -1}, "num_workers"),
+    ({"num_threads": 0}, "num_threads"),
+    ({"crop_size": 3}, "unknown pipeline options"),
+])
+def test_bad_options(options, message):
+  with pytest.raises(ValueError, match=message):
+    pipeline.pipeline_from_options(options)
+
+
+def _split(num=10, **options):
+  records = [_coded_image(12, 14) // (i + 1) for i in range(num)]
+  labels = np.arange(num) % 2
+  return pipeline.ImageSplit(records, labels, ("a", "b"),
+                             pipeline.ImageTransform(resize=12, crop=8),
+                             options=pipeline.LoaderOptions(**options))
+
+
+def test_split_checks_labels():
+  with pytest.raises(ValueError, match="3 records but 2 labels"):
+    pipeline.ImageSplit([0, 1, 2], [0, 1], ("a", "b"),
+                        pipeline.ImageTransform())
+  with pytest.raises(ValueError, match="out of range"):
+    pipeline.ImageSplit([0, 1], [0, 2], ("a", "b"), pipeline.ImageTransform())
+  with pytest.raises(ValueError, match="classes with no images"):
+    pipeline.ImageSplit([0, 1], [0, 0], ("a", "b"), pipeline.ImageTransform())
+
+
+def test_load_batches_equal_serial_reads():
+  split = _split(num_threads=3)
+  batches = list(data.iterate_batches(split, 4, seed=1, epoch=0,
+                                      drop_last=False))
+  assert [len(b["index"]) for b in batches] == [4, 4, 4]
+  for batch in batches:
+    expected = split.get_batch(batch["index"])
+    np.testing.assert_array_equal(batch["image"], expected["image"])
+    np.testing.assert_array_equal(batch["label"], split.labels[batch["index"]])
+  assert batches[-1]["valid"].tolist() == [True, True, False, False]
+
+
+def test_augmentation_depends_only_on_seed_and_epoch():
+  def images(seed, epoch, threads):
+    split = _split(num_threads=threads)
+    return np.concatenate([b["image"] for b in data.iterate_batches(
+        split, 5, seed=seed, epoch=epoch, shuffle=False, augment=True)])
+
+  first = images(0, 0, 1)
+  np.testing.assert_array_equal(first, images(0, 0, 4))  # threads: same
+  assert not np.array_equal(first, images(0, 1, 1))      # new epoch: new crops
+  assert not np.array_equal(first, images(1, 0, 1))
+
+
+def test_class_balanced_batches_through_pipeline():
+  split = _split()
+  batches = list(data.iterate_class_balanced_batches(
+      split, 2, 2, seed=0, epoch=0, augment=True))
+  assert len(batches) == 2
+  for batch in batches:
+    assert batch["image"].shape == (4, 8, 8, 3)
+    assert batch["label"][0] == batch["label"][1] != batch["label"][2]
+
+
+def test_worker_processes_give_the_same_batches():
+  in_process = _split()
+  workers = _split(num_workers=1)
+  a = [b["image"] for b in data.iterate_batches(in_process, 5, seed=0,
+                                                epoch=2, augment=True)]
+  b = [b["image"] for b in data.iterate_batches(workers, 5, seed=0, epoch=2,
+                                                augment=True)]
+  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+
+
+def test_folder_through_pipeline(tmp_path):
+  for c, name in enumerate(("cat", "dog", "emu")):
+    (tmp_path / name).mkdir()
+    for i in range(3):
+      Image.fromarray(np.full((15, 11, 3), 40 * c + i, np.uint8)).save(
+          tmp_path / name / f"{i}.jpg", quality=100)
+  ds = data.load_image_folder(tmp_path, class_disjoint=True,
+                              pipeline={"resize": 9, "crop": 8})
+  assert isinstance(ds.train, pipeline.ImageSplit)
+  assert ds.train.class_names == ("cat", "dog") and ds.test.class_names == (
+      "emu",)
+  assert ds.train.image_shape == (8, 8, 3)
+  example = ds.test[1]
+  np.testing.assert_allclose(example["image"], _unit(np.uint8(81)), atol=0.02)
+  (tmp_path / "emu" / "2.jpg").write_bytes(b"truncated")
+  ds = data.load_image_folder(tmp_path, class_disjoint=True,
+                              pipeline={"resize": 9, "crop": 8})
+  with pytest.raises(data.DataError, match="2.jpg"):
+    list(data.iterate_batches(ds.test, 3, seed=0, epoch=0))
