@@ -5,10 +5,16 @@ Submodules:
   neighbours  host-side neighbour graph over the centre bank (PyNNDescent)
   knn         exact chunked k-nearest-neighbour search
   data        datasets as random-access splits, batch iterators
+  pipeline    image input pipeline (decode, resize, crop, flip; grain)
+  tfds_data   CUB-200-2011, Cars196, SOP through tensorflow-datasets
+  prepare     ``make data``: download and prepare a benchmark
   models      backbones by name, embedding network
+  resnet      ResNet-18 / ResNet-50 (torchvision layout)
+  pretrained  ImageNet weights from torchvision / timm safetensors files
   objectives  losses by name, as the trainer uses them
   metrics     Recall@K, MAP@R, R-precision, NMI, accuracy
   train       the training loop and command line
+  checkpoint  Orbax checkpoints guarded by the config
 """
 
 __version__ = "0.1.0"

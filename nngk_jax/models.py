@@ -4,6 +4,11 @@ A backbone maps images ``[batch, H, W, C]`` to features ``[batch, F]``. The
 :class:`EmbeddingNet` adds a linear embedding head of ``embed_dim`` and, for
 the softmax baseline, a linear classifier head on top of the embedding.
 
+ResNet-18 and ResNet-50 (:mod:`nngk_jax.resnet`, torchvision's layout, with
+options ``pooling``, ``frozen_bn`` and ``dtype``) are registered as
+``"resnet18"`` and ``"resnet50"``; :mod:`nngk_jax.pretrained` loads ImageNet
+weights into them.
+
 The small CNN is the CPU workhorse of tests and demos, so it uses only ops
 that XLA:CPU runs well: strided convolutions to downsample and one global
 average pool at the end. Max pooling is avoided on purpose: measured on this
@@ -18,6 +23,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from nngk_jax import resnet
 
 __all__ = ["BACKBONES", "EmbeddingNet", "MLP", "SmallCNN", "get_backbone"]
 
@@ -60,6 +67,9 @@ class SmallCNN(nn.Module):
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
+    # torchvision's architectures; ImageNet weights: nngk_jax.pretrained.
+    "resnet18": resnet.ResNet18,
+    "resnet50": resnet.ResNet50,
 }
 
 
@@ -81,7 +91,9 @@ class EmbeddingNet(nn.Module):
 
   Attributes:
     backbone: a module from :data:`BACKBONES`.
-    embed_dim: size ``D`` of the embedding.
+    embed_dim: size ``D`` of the linear embedding head; ``None`` uses the
+      backbone's features as the embedding, with no head (the NNGK authors'
+      code: ResNet-18's pooled 512-d features).
     num_classes: when set, a linear classifier on the embedding also returns
       logits (the softmax baseline); ``None`` returns ``None`` logits.
     num_proxies: when set, a trainable ``[num_proxies, embed_dim]`` matrix
@@ -100,10 +112,14 @@ class EmbeddingNet(nn.Module):
     >>> emb, logits = net.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False)
     >>> emb.shape, logits.shape
     ((2, 3), (2, 2))
+    >>> headless = EmbeddingNet(backbone=MLP(hidden=(4,)), embed_dim=None)
+    >>> v = headless.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
+    >>> headless.apply(v, jnp.zeros((2, 8, 8, 1)), train=False)[0].shape
+    (2, 4)
   """
 
   backbone: nn.Module
-  embed_dim: int
+  embed_dim: int | None
   num_classes: int | None = None
   num_proxies: int | None = None
   normalize: bool = False
@@ -111,13 +127,15 @@ class EmbeddingNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool):
     features = self.backbone(images, train=train)
-    embeddings = nn.Dense(self.embed_dim, name="embedding")(features)
+    embeddings = features
+    if self.embed_dim is not None:
+      embeddings = nn.Dense(self.embed_dim, name="embedding")(features)
     if self.normalize:
       norm = jnp.sqrt(jnp.sum(embeddings * embeddings, -1, keepdims=True))
       embeddings = embeddings / jnp.maximum(norm, 1e-12)
     if self.num_proxies is not None:
       self.param("proxies", nn.initializers.normal(1.0),
-                 (self.num_proxies, self.embed_dim))
+                 (self.num_proxies, embeddings.shape[-1]))
     logits = None
     if self.num_classes is not None:
       logits = nn.Dense(self.num_classes, name="classifier")(embeddings)
