@@ -186,10 +186,10 @@ class ImageTransform:
       left = int(rng.integers(0, width - self.crop + 1))
       top = int(rng.integers(0, height - self.crop + 1))
       image = image.crop((left, top, left + self.crop, top + self.crop))
-    pixels = self._normalise(image)
     if self.flip and rng.random() < 0.5:
-      pixels = pixels[:, ::-1]
-    return np.ascontiguousarray(pixels)
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return self._normalise(image)
 
   def _random_resized_crop(self, image, rng: np.random.Generator):
     """torchvision's RandomResizedCrop(crop, scale=(0.08, 1), ratio=(3/4, 4/3))."""
