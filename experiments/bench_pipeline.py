@@ -69,7 +69,7 @@ def main() -> None:
         f"{np.mean([len(r) for r in records]) / 1024:.0f} KiB; {cores} cores")
   print("| transform | threads | processes | images/s | images/s per core |")
   print("|---|---|---|---|---|")
-  settings = [(1, 0), (2, 0), (cores, 0), (1, cores)]
+  settings = list(dict.fromkeys([(1, 0), (2, 0), (cores, 0), (1, cores)]))
   for name, augment, resize, crop in (
       ("train: resize 256, random crop 224, flip", True, 256, 224),
       ("eval: resize 256, centre crop 256", False, 256, 256)):

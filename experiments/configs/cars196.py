@@ -7,8 +7,9 @@ Run:      place the files by hand (docs/data.md: the download address is dead
           make train DATASET=cars196 RECIPE=strong
 Needs:    ImageNet weights at weights/resnet18.safetensors (resnet50 for
           strong); docs/pretrained.md has the one-line command.
-Time:     paper recipe, one GPU: about 40 min (30 epochs x 8,054 images,
-          input-bound estimate, see docs/benchmarks.md). Not yet measured.
+Time:     paper recipe, one GPU with 8+ CPU cores: an estimate of 15 min
+          (30 epochs x 8,054 images at ~2,000 images/s, see cub.py and
+          docs/benchmarks.md). Not yet measured on a GPU.
 Expected: the paper reports Recall@4 92.36 (next best 84.23), the target of
           the strong recipe. Not measured here yet (no data or GPU on the
           development machine): record your figures in docs/results.md.

@@ -7,10 +7,11 @@ Run:      make data DATASET=cub            (once: download + prepare, ~1.1 GB)
               --recipe paper --workdir runs/cub
 Needs:    ImageNet weights at weights/resnet18.safetensors (resnet50 for
           strong); docs/pretrained.md has the one-line command.
-Time:     paper recipe, one GPU: about 30 min (30 epochs x 5,864 images at
-          256 px is 176k images; input-bound at roughly 150-250 images/s per
-          CPU core, see docs/benchmarks.md, plus 6 refreshes). Not yet
-          measured on a GPU.
+Time:     paper recipe, one GPU with 8+ CPU cores: an estimate of 10 min
+          (30 epochs x 5,864 images at 256 px = 176k training images plus 6
+          refreshes of 5,864; the input pipeline gives ~275 images/s per CPU
+          core, docs/benchmarks.md, so 8 cores feed ~2,000 images/s, about
+          what a ResNet-18 trains at). Not yet measured on a GPU.
 Expected: paper recipe: the authors' code reports no CUB figure; the paper
           reports R@8 87.17 (methods.md section 1), which the strong recipe
           targets. Neither is measured here yet (no data or GPU on the

@@ -6,9 +6,11 @@ Run:      make data DATASET=sop            (once: download + prepare, ~2.9 GB)
           make train DATASET=sop RECIPE=strong
 Needs:    ImageNet weights at weights/resnet18.safetensors (resnet50 for
           strong); docs/pretrained.md has the one-line command.
-Time:     paper recipe, one GPU: about 4 h (30 epochs x 59,551 images,
-          input-bound estimate, plus a 60k-centre graph rebuild at each
-          refresh, see docs/benchmarks.md). Not yet measured.
+Time:     paper recipe, one GPU with 8+ CPU cores: an estimate of 1.5 h
+          (30 epochs x 59,551 images at ~2,000 images/s, 6 refreshes with a
+          60k-centre PyNNDescent rebuild, and evaluation over 60,502 test
+          images; docs/benchmarks.md has the CPU-side parts measured). Not
+          yet measured on a GPU.
 Expected: no NNGK figure on SOP is published; Proxy-Anchor reports R@1 79.2
           with BN-Inception (methods.md, evaluation protocol). Record your
           figures in docs/results.md.
