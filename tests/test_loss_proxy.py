@@ -333,8 +333,11 @@ def test_proxy_anchor_mask_equals_slicing():
   np.testing.assert_allclose(grad_masked[0][:6], grad_sliced[0], rtol=1e-5,
                              atol=1e-7)
   np.testing.assert_array_equal(grad_masked[0][6:], 0.0)
+  # float32 sums over 10 vs 6 rows round differently: tolerance relative to
+  # the gradient's scale (a masking bug would be off by the gradient itself).
+  scale = float(np.abs(grad_sliced[1]).max())
   np.testing.assert_allclose(grad_masked[1], grad_sliced[1], rtol=1e-5,
-                             atol=1e-7)
+                             atol=1e-4 * scale)
 
 
 def test_proxy_anchor_fully_masked_batch_is_zero():
