@@ -64,7 +64,7 @@ __all__ = [
 
 # Config fields that may change when a run is resumed from its workdir.
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
-                    "nmi")
+                    "nmi", "eval_search", "nmi_method")
 # Test hook: a process whose global step reaches this value kills itself with
 # SIGKILL (to test that a killed run resumes to the same result).
 FAULT_ENV = "NNGK_JAX_SIGKILL_AT_STEP"
@@ -328,7 +328,9 @@ def evaluate(state: TrainState, dataset: datalib.Dataset, config) -> dict:
   _check_finite("test embeddings", test_emb, "at evaluation")
   results = metriclib.retrieval_metrics(
       test_emb, dataset.test.labels, recall_ks=tuple(config.recall_ks),
-      nmi=config.nmi, seed=config.seed)
+      nmi=config.nmi, seed=config.seed,
+      search=config.get("eval_search", "exact"),
+      nmi_method=config.get("nmi_method", "auto"))
   if dataset.protocol == "classification":
     train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)
     predicted = kernel_classify(

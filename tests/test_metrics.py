@@ -264,3 +264,216 @@ def test_nmi_and_accuracy_errors():
     metrics.accuracy(np.zeros(3, int), np.zeros(4, int))
   with pytest.raises(ValueError, match="no examples"):
     metrics.accuracy(np.zeros(0, int), np.zeros(0, int))
+
+
+# ------------------------------------------------------ k-means and NMI (JAX)
+
+
+def _reference_lloyd_step(points, centroids):
+  """Assignment then update, point by point; empty clusters take the farthest.
+
+  Returns ``(assignments to the given centroids, new centroids)``.
+  """
+  points = points.astype(np.float64)
+  nearest, distance = [], []
+  for x in points:
+    best, best_d2 = 0, math.inf
+    for j, c in enumerate(centroids.astype(np.float64)):
+      d2 = float(np.sum((x - c) ** 2))
+      if d2 < best_d2:
+        best, best_d2 = j, d2
+    nearest.append(best)
+    distance.append(best_d2)
+  farthest_first = sorted(range(len(points)), key=lambda n: (-distance[n], n))
+  new, next_far = [], 0
+  for j in range(len(centroids)):
+    members = [x for x, c in zip(points, nearest) if c == j]
+    if members:
+      new.append(np.mean(members, axis=0))
+    else:
+      new.append(points[farthest_first[next_far]])
+      next_far += 1
+  return np.array(nearest), np.array(new)
+
+
+def test_kmeans_assignment_and_update_match_loop_reference():
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(40, 3)).astype(np.float32)
+  centroids = rng.normal(size=(6, 3)).astype(np.float32)
+  centroids[4] = 50.0  # Far from every point: an empty cluster, relocated.
+  want_nearest, want_centroids = _reference_lloyd_step(points, centroids)
+  assert 4 not in want_nearest
+  got_nearest, got_centroids = metrics.kmeans(points, 6, init=centroids, max_iter=0)
+  np.testing.assert_array_equal(got_nearest, want_nearest)
+  np.testing.assert_array_equal(got_centroids, centroids)
+  # One update, then the assignment to the new centroids.
+  got_nearest, got_centroids = metrics.kmeans(points, 6, init=centroids, max_iter=1)
+  np.testing.assert_allclose(got_centroids, want_centroids, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(
+      got_nearest, _reference_lloyd_step(points, want_centroids)[0])
+
+
+def test_kmeans_chunking_does_not_change_result():
+  rng = np.random.default_rng(1)
+  points = rng.normal(size=(101, 5)).astype(np.float32)
+  whole = metrics.kmeans(points, 9, seed=3)
+  for chunk_size in (7,):  # Each chunk size is a new compilation.
+    chunked = metrics.kmeans(points, 9, seed=3, chunk_size=chunk_size)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-6)
+
+
+def test_kmeans_converges_to_a_fixed_point():
+  embeddings, _ = _random_problem(7)
+  assignments, centroids = metrics.kmeans(embeddings, 5, max_iter=100)
+  # Converged: another Lloyd step changes nothing.
+  again, _ = metrics.kmeans(embeddings, 5, init=centroids, max_iter=0)
+  np.testing.assert_array_equal(again, assignments)
+  for j in range(5):
+    np.testing.assert_allclose(
+        centroids[j], embeddings[assignments == j].mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [3, 50])
+def test_jax_nmi_is_one_on_separated_clusters_like_sklearn(num_classes):
+  embeddings, labels = _separated_clusters(num_classes=num_classes, per_class=4,
+                                           dim=8, seed=num_classes)
+  assert metrics.nmi_kmeans(embeddings, labels, method="sklearn") == 1.0
+  assert metrics.nmi_kmeans(embeddings, labels, method="jax") == 1.0
+  # With at most 129 clusters the seeding is plain greedy k-means++: one
+  # seed per separated cluster before any Lloyd step.
+  assignments, _ = metrics.kmeans(embeddings, num_classes, max_iter=0)
+  assert len(set(zip(labels.tolist(), assignments.tolist()))) == num_classes
+
+
+def test_auto_nmi_uses_jax_kmeans_for_many_clusters(monkeypatch):
+  embeddings, labels = _separated_clusters(num_classes=300, per_class=3, dim=8)
+  # 300 > 200 clusters: "auto" must not reach scikit-learn's KMeans.
+  monkeypatch.setattr(metrics, "KMeans", None)
+  nmi = metrics.nmi_kmeans(embeddings, labels)
+  # Batched seeding (3 centres a round) may seed a cluster twice; close to 1.
+  assert 0.99 <= nmi <= 1.0
+  assert metrics.retrieval_metrics(
+      embeddings, labels, recall_ks=(1,), nmi_method="jax",
+      nmi_max_iter=5)["nmi"] >= 0.99
+
+
+def test_random_init_is_distinct_points():
+  embeddings, _ = _random_problem(8)
+  assignments, centroids = metrics.kmeans(embeddings, 6, init="random", max_iter=0)
+  assert len({tuple(c) for c in centroids.tolist()}) == 6
+  assert all(any(np.array_equal(c, x) for x in embeddings) for c in centroids)
+  np.testing.assert_array_equal(np.sort(np.unique(assignments)), np.arange(6))
+
+
+# --------------------------------------------------- approximate neighbours
+
+
+class _FakeIndex:
+  """Stands in for a PyNNDescent index: exact neighbours, then damaged."""
+
+  def __init__(self, points, n_neighbors, seed):
+    del n_neighbors, seed
+    self.points = points
+
+  def prepare(self):
+    pass
+
+  def query(self, queries, k):
+    from nngk_jax.knn import exact_knn
+    idx, d2 = exact_knn(queries, self.points, k=k)
+    idx = idx.copy()
+    idx[0, 0], idx[0, 1] = idx[0, 1], idx[0, 0]  # Self not first.
+    idx[1, 2] = -1  # An unfilled slot: too few left, repaired exactly.
+    idx[2, 3] = idx[2, 1]  # A repeat: repaired exactly.
+    idx[3] = np.roll(idx[3], -1)  # Self not found: its k + 1 others.
+    idx[4, 1] = np.argmax(np.sum((self.points - queries[4]) ** 2, axis=1))
+    return idx, d2  # Only row 4 is wrong: one neighbour replaced.
+
+
+def test_approximate_search_rows_are_cleaned_and_recall_reported(monkeypatch):
+  monkeypatch.setattr(metrics.neighbourlib, "_pynndescent_index", _FakeIndex)
+  embeddings, labels = _random_problem(9)
+  ks = (1, 2, 4, 8)
+  exact = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
+  approx = metrics.retrieval_metrics(
+      embeddings, labels, recall_ks=ks, nmi=False, search="pynndescent",
+      search_recall_queries=1000)
+  # Every query is sampled; one of the N k neighbours is missed (row 4).
+  k = 8  # max(max K, max R) with the largest class of 9.
+  assert approx.pop("search_recall") == pytest.approx(1 - 1 / (len(labels) * k))
+  for name in exact:
+    assert approx[name] == pytest.approx(exact[name], abs=1 / len(labels)), name
+  without = metrics.retrieval_metrics(
+      embeddings, labels, recall_ks=ks, nmi=False, search="pynndescent",
+      search_recall_queries=0)
+  assert "search_recall" not in without
+
+
+@pytest.mark.slow  # NN-descent's numba compilation: about 45 s per process.
+def test_pynndescent_search_close_to_exact():
+  rng = np.random.default_rng(10)
+  labels = np.repeat(np.arange(120), 5)
+  means = rng.normal(size=(120, 16))
+  embeddings = (means[labels] + 0.5 * rng.normal(size=(600, 16))).astype(np.float32)
+  ks = (1, 10, 100)
+  exact = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
+  approx = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False,
+                                     search="pynndescent", search_recall_queries=200)
+  assert approx.pop("search_recall") >= 0.95
+  for name in exact:
+    assert approx[name] == pytest.approx(exact[name], abs=0.02), name
+  # k = N - 1: every other point is a neighbour, whatever NN-descent finds.
+  tiny = metrics.retrieval_metrics(embeddings[:20], labels[:20], recall_ks=(19,),
+                                   nmi=False, search="pynndescent")
+  assert tiny.pop("search_recall") == 1.0
+  assert tiny == metrics.retrieval_metrics(embeddings[:20], labels[:20],
+                                           recall_ks=(19,), nmi=False)
+  # Fewer than 16 points: searched exactly.
+  small = metrics.retrieval_metrics(embeddings[:12], labels[:12], recall_ks=(1,),
+                                    nmi=False, search="pynndescent")
+  assert small.pop("search_recall") == 1.0
+  assert small == metrics.retrieval_metrics(embeddings[:12], labels[:12],
+                                            recall_ks=(1,), nmi=False)
+
+
+def test_string_labels_with_jax_nmi():
+  embeddings, labels = _separated_clusters(num_classes=3, per_class=3)
+  names = np.array(["a", "b", "c"])[labels]
+  m = metrics.retrieval_metrics(embeddings, names, nmi_method="jax")
+  assert m["map@r"] == 1.0 and m["nmi"] == 1.0
+
+
+def test_kmeans_and_option_errors():
+  x = np.zeros((4, 2), np.float32)
+  labels = np.zeros(4, int)
+  with pytest.raises(ValueError, match="num_clusters=5 must be in"):
+    metrics.kmeans(x, 5)
+  with pytest.raises(ValueError, match="num_clusters must be an integer >= 1"):
+    metrics.kmeans(x, 0)
+  with pytest.raises(ValueError, match="unknown init 'kmeans'"):
+    metrics.kmeans(x, 2, init="kmeans")
+  with pytest.raises(ValueError, match=r"\[2, 2\]; got shape \(3, 2\)"):
+    metrics.kmeans(x, 2, init=np.zeros((3, 2)))
+  with pytest.raises(ValueError, match="max_iter must be an integer >= 0"):
+    metrics.kmeans(x, 2, max_iter=-1)
+  with pytest.raises(ValueError, match="chunk_size must be"):
+    metrics.kmeans(x, 2, chunk_size=0)
+  bad = x.copy()
+  bad[1, 0] = np.nan
+  with pytest.raises(ValueError, match="1 of 4 embedding rows contain NaN"):
+    metrics.kmeans(bad, 2)
+  with pytest.raises(ValueError, match=r"non-empty \[N, D\]"):
+    metrics.kmeans(np.zeros(4), 2)
+  with pytest.raises(ValueError, match="unknown method 'faiss'"):
+    metrics.nmi_kmeans(x, labels, method="faiss")
+  with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+    metrics.nmi_kmeans(x, labels, max_iter=0)
+  with pytest.raises(ValueError, match="unknown search 'faiss'"):
+    metrics.retrieval_metrics(x, labels, search="faiss")
+  with pytest.raises(ValueError, match="unknown nmi_method 'kmeans'"):
+    metrics.retrieval_metrics(x, labels, nmi_method="kmeans")
+  with pytest.raises(ValueError, match="search_recall_queries must be"):
+    metrics.retrieval_metrics(x, labels, search_recall_queries=-1)
+  with pytest.raises(ValueError, match="nmi_max_iter must be"):
+    metrics.retrieval_metrics(x, labels, nmi_max_iter=0)

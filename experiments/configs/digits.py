@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.recall_ks = (1, 2, 4, 8)
   config.nmi = True
+  config.nmi_method = "auto"       # k-means: scikit-learn up to 200 classes, then JAX
+  config.eval_search = "exact"     # or "pynndescent" (reports its search_recall)
   config.classifier_k = 32         # test-time neighbours of the kernel classifier
   config.progress = True           # progress bar on the terminal
   return config

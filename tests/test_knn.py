@@ -1,0 +1,68 @@
+"""Tests for nngk_jax.knn against a plain loop-based numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nngk_jax import knn
+
+
+def _reference_knn(queries, data, k, query_ids=None):
+  """The k nearest rows per query, by a loop; ties to the lower index."""
+  indices, squared = [], []
+  for q, query in enumerate(queries.astype(np.float64)):
+    scored = []
+    for j, row in enumerate(data.astype(np.float64)):
+      if query_ids is not None and j == query_ids[q]:
+        continue
+      scored.append((float(np.sum((query - row) ** 2)), j))
+    scored.sort()
+    indices.append([j for _, j in scored[:k]])
+    squared.append([d for d, _ in scored[:k]])
+  return np.array(indices), np.array(squared)
+
+
+@pytest.mark.parametrize("self_excluded", [False, True])
+def test_exact_knn_matches_loop_reference(self_excluded):
+  rng = np.random.default_rng(0)
+  data = rng.normal(size=(60, 5)).astype(np.float32)
+  queries = data if self_excluded else rng.normal(size=(23, 5)).astype(np.float32)
+  query_ids = np.arange(60) if self_excluded else None
+  k = 59 if self_excluded else 60  # Every available neighbour.
+  idx, d2 = knn.exact_knn(queries, data, k=k, query_ids=query_ids)
+  want_idx, want_d2 = _reference_knn(queries, data, k, query_ids)
+  assert idx.dtype == np.int32 and d2.dtype == np.float32
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_allclose(d2, want_d2, rtol=1e-4, atol=1e-4)
+
+
+def test_chunking_gives_identical_results():
+  rng = np.random.default_rng(1)
+  data = rng.normal(size=(300, 8)).astype(np.float32)
+  whole = knn.exact_knn(data, data, k=40, query_ids=np.arange(300))
+  for chunk_size in (1, 64, 299, 1000):
+    chunked = knn.exact_knn(data, data, k=40, query_ids=np.arange(300),
+                            chunk_size=chunk_size)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    # The matmul's blocking depends on the chunk shape: last-bit differences.
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-6)
+
+
+def test_ties_go_to_the_lower_index():
+  data = np.array([[1.], [-1.], [1.], [-1.], [0.]], np.float32)
+  idx, d2 = knn.exact_knn(np.zeros((1, 1), np.float32), data, k=5)
+  assert idx.tolist() == [[4, 0, 1, 2, 3]]
+  assert d2.tolist() == [[0., 1., 1., 1., 1.]]
+
+
+def test_exact_knn_errors():
+  x = np.zeros((4, 2), np.float32)
+  with pytest.raises(ValueError, match=r"same D; got \(4, 2\) and \(4, 3\)"):
+    knn.exact_knn(x, np.zeros((4, 3)), k=1)
+  with pytest.raises(ValueError, match="k=4 neighbours requested but only 3"):
+    knn.exact_knn(x, x, k=4, query_ids=np.arange(4))
+  with pytest.raises(ValueError, match="k=0"):
+    knn.exact_knn(x, x, k=0)
+  with pytest.raises(ValueError, match=r"query_ids must be \[4\], got \(3,\)"):
+    knn.exact_knn(x, x, k=1, query_ids=np.arange(3))
