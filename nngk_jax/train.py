@@ -378,6 +378,23 @@ def kernel_classify(centres: np.ndarray, centre_labels: np.ndarray,
   return np.asarray(jnp.argmax(log_probs, axis=1))
 
 
+SAMPLERS = ("random", "class_balanced")
+
+
+def sampler_name(config) -> str:
+  """``config.sampler`` when set, else the objective's own sampler.
+
+  ``"random"``: shuffled batches. ``"class_balanced"``: ``batch_size /
+  samples_per_class`` classes per batch, ``samples_per_class`` images each.
+  """
+  name = config.get("sampler") or objectives.get_objective(
+      config.objective).sampler
+  if name not in SAMPLERS:
+    raise ValueError(f"sampler must be one of {SAMPLERS} (or None for the "
+                     f"objective's own), got {name!r}")
+  return name
+
+
 def validate_config(config, dataset: datalib.Dataset) -> None:
   """Clear errors for settings the data cannot support."""
   objective = objectives.get_objective(config.objective)
@@ -388,7 +405,8 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
                      f"training split ({n_train} images)")
   if objective.defaults:
     objectives.loss_options(config, objective.name)  # unknown options raise
-  if objective.sampler == "class_balanced":
+  sampler = sampler_name(config)
+  if sampler == "class_balanced":
     per_class = config.samples_per_class
     if per_class < 1 or config.batch_size % per_class:
       raise ValueError(
@@ -418,9 +436,9 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
 
 
 def _batches_with_neighbours(split, config, epoch, graph) -> Iterator[dict]:
-  """The objective's sampler, plus graph rows and ``prepare_batch`` additions."""
+  """The sampler's batches, plus graph rows and ``prepare_batch`` additions."""
   objective = objectives.get_objective(config.objective)
-  if objective.sampler == "class_balanced":
+  if sampler_name(config) == "class_balanced":
     batches = datalib.iterate_class_balanced_batches(
         split, config.batch_size // config.samples_per_class,
         config.samples_per_class, seed=config.seed, epoch=epoch,

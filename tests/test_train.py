@@ -186,10 +186,29 @@ def test_workdir_from_another_config_is_refused(tmp_path, tiny_config):
     ({"batch_size": 5000}, r"batch_size=5000 is larger than the training"),
     ({"objective": "nope"}, r"unknown objective 'nope'"),
     ({"model.backbone": "resnet9000"}, r"unknown backbone 'resnet9000'"),
+    ({"sampler": "balanced"}, r"sampler must be one of"),
+    ({"sampler": "class_balanced", "samples_per_class": 7},
+     r"batch_size=64 must be a multiple of samples_per_class=7"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, overrides, match, tiny_config):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(**overrides), tmp_path)
+
+
+def test_nngk_with_class_balanced_sampler(tiny_config):
+  """config.sampler overrides the objective's: m images per class per batch."""
+  config = tiny_config(sampler="class_balanced", samples_per_class=16)
+  dataset = datalib.load_dataset("digits")
+  batches = list(train._batches_with_neighbours(dataset.train, config, 0,
+                                                None))
+  assert len(batches) == len(dataset.train) // 64
+  for batch in batches:
+    counts = np.bincount(batch["label"])
+    assert sorted(counts[counts > 0]) == [16, 16, 16, 16]
+  random = list(train._batches_with_neighbours(
+      dataset.train, tiny_config(), 0, None))
+  # The NNGK default: shuffled batches, which mix all five classes.
+  assert any(len(np.unique(b["label"])) == 5 for b in random)
 
 
 def test_unknown_override_field(tiny_config):

@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.losses = ml_collections.ConfigDict()
 
   config.batch_size = 32
-  config.samples_per_class = 8     # m, for objectives with m-per-class batches
+  config.sampler = None            # None: the objective's; "random" or "class_balanced"
+  config.samples_per_class = 8     # m, for m-per-class batches
   config.num_epochs = 15
   config.seed = 0
 
