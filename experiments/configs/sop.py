@@ -17,7 +17,9 @@ Expected: no NNGK figure on SOP is published; Proxy-Anchor reports R@1 79.2
 Notes:    most SOP classes have 2-12 images, so with K = 200 a sample often
           has few same-class centres among its neighbours: nngk.num_same_class
           appends the nearest ones (the history's missing_positive_fraction
-          shows how often none is found).
+          shows how often none is found). The graph over 59,551 centres
+          takes 72 s with PyNNDescent and 57 s exact on a 2-core CPU
+          (docs/benchmarks.md); on a GPU, nngk.graph_backend=exact is seconds.
 """
 
 from experiments.configs import benchmark
