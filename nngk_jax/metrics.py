@@ -63,9 +63,6 @@ NMI_METHODS = ("auto", "sklearn", "jax")
 KMEANS_INITS = ("k-means++", "random")
 # nmi_kmeans(method="auto") uses scikit-learn up to this many clusters.
 _SKLEARN_MAX_CLUSTERS = 200
-# Graph degree of the PyNNDescent index searched by retrieval_metrics
-# (PyNNDescent's own default).
-_PYNNDESCENT_INDEX_NEIGHBOURS = 30
 
 
 def _check_ranked(
@@ -667,51 +664,6 @@ def nmi_kmeans(
 # ------------------------------------------------------- neighbour search
 
 
-def _pynndescent_self_neighbours(
-    points: np.ndarray, k: int, seed: int, chunk_size: int | None
-) -> np.ndarray:
-  """Approximate ``[N, k]`` neighbours of every point among the others.
-
-  A PyNNDescent index (the settings of ``nngk_jax.neighbours``, a graph of
-  ``_PYNNDESCENT_INDEX_NEIGHBOURS`` neighbours) is searched for ``k + 1``
-  neighbours of every point (``epsilon=0.1``, PyNNDescent's default);
-  each row keeps its first ``k`` entries that are not the point itself, not
-  unfilled and not repeated, and a row left short is replaced by exact
-  search. Sets of fewer than 16 points are searched exactly.
-  """
-  num_points = points.shape[0]
-  if num_points < 16:
-    return exact_knn(points, points, k=k, query_ids=np.arange(num_points),
-                     chunk_size=chunk_size)[0]
-  index = neighbourlib._pynndescent_index(  # pylint: disable=protected-access
-      points, min(_PYNNDESCENT_INDEX_NEIGHBOURS, num_points - 1), seed)
-  index.prepare()
-  raw, _ = index.query(points, k=k + 1)
-  indices = np.empty((num_points, k), np.int32)
-  short = np.empty(num_points, bool)
-  for start in range(0, num_points, 4096):  # Bounds the [rows, k] temporaries.
-    rows = slice(start, start + 4096)
-    indices[rows], short[rows] = neighbourlib._first_valid_neighbours(  # pylint: disable=protected-access
-        raw[rows], np.arange(num_points)[rows], k)
-  del raw
-  if short.any():
-    rows = np.flatnonzero(short)
-    indices[rows], _ = exact_knn(points[rows], points, k=k, query_ids=rows,
-                                 chunk_size=chunk_size)
-  return indices
-
-
-def _set_recall(approx_indices: np.ndarray, exact_indices: np.ndarray) -> float:
-  """Mean ``|A_q ∩ E_q| / k`` over rows without repeats, by sorting.
-
-  Unlike ``neighbours.graph_recall`` it builds nothing larger than
-  ``[Q, 2k]``, which matters at k = 1000.
-  """
-  both = np.sort(np.concatenate([approx_indices, exact_indices], axis=1), axis=1)
-  found = int(np.sum(both[:, 1:] == both[:, :-1]))
-  return found / exact_indices.size
-
-
 def retrieval_metrics(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -830,8 +782,8 @@ def retrieval_metrics(
         embeddings32, embeddings32, k=k,
         query_ids=np.arange(num_examples), chunk_size=chunk_size)[0]
   else:
-    neighbour_idx = _pynndescent_self_neighbours(
-        embeddings32, k, seed, chunk_size)
+    neighbour_idx = neighbourlib.approximate_self_neighbours(
+        embeddings32, k=k, seed=seed, chunk_size=chunk_size)
     if search_recall_queries:
       sample = np.sort(np.random.default_rng(seed).choice(
           num_examples, min(search_recall_queries, num_examples),
@@ -839,7 +791,7 @@ def retrieval_metrics(
       exact_idx, _ = exact_knn(
           embeddings32[sample], embeddings32, k=k, query_ids=sample,
           chunk_size=chunk_size)
-      result_extra["search_recall"] = _set_recall(
+      result_extra["search_recall"] = neighbourlib.graph_recall(
           neighbour_idx[sample], exact_idx)
 
   keep = counts > 0

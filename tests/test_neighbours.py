@@ -78,6 +78,17 @@ def test_first_valid_neighbours_repairs_rows():
   np.testing.assert_array_equal(short, [False, True, False, True])
 
 
+def test_graph_recall_matches_set_loop():
+  rng = np.random.default_rng(0)
+  for _ in range(100):
+    q, k, ka = (int(v) for v in rng.integers(1, [5, 7, 9]))
+    exact = np.stack([rng.permutation(12)[:k] for _ in range(q)])
+    approx = rng.integers(-1, 12, size=(q, ka))  # repeats and -1 padding
+    want = np.mean([len(set(approx[i]) & set(exact[i])) / k
+                    for i in range(q)])
+    assert neighbours.graph_recall(approx, exact) == pytest.approx(want)
+
+
 def test_graph_recall():
   exact = np.array([[1, 2, 3], [4, 5, 6]])
   assert neighbours.graph_recall(exact, exact) == 1.0
