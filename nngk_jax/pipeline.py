@@ -93,17 +93,15 @@ def decode_image(record: Any, *, draft_size: int | None = None):
       raise DataError(f"an image array must be uint8 [H, W], [H, W, 1] or "
                       f"[H, W, 3], got {array.dtype} {record.shape}")
     return Image.fromarray(array).convert("RGB")
+  encoded = isinstance(record, (bytes, bytearray, memoryview))
   try:
-    if isinstance(record, (bytes, bytearray, memoryview)):
-      image = Image.open(io.BytesIO(bytes(record)))
-    else:
-      image = Image.open(pathlib.Path(record))
+    image = Image.open(io.BytesIO(bytes(record)) if encoded
+                       else pathlib.Path(record))
     if draft_size is not None and image.format == "JPEG":
       image.draft("RGB", (draft_size, draft_size))
     return image.convert("RGB")
   except Exception as err:  # Pillow raises many kinds for a bad file.
-    what = "image bytes" if isinstance(record, (bytes, bytearray,
-                                               memoryview)) else f"image {record}"
+    what = "image bytes" if encoded else f"image {record}"
     raise DataError(f"cannot read {what}: {err}") from err
 
 

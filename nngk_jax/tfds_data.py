@@ -253,9 +253,9 @@ def load_benchmark(
 
   builder = tfds.builder(bench.builder, data_dir=data_dir)
   try:
-    sources = [tfds.data_source(
-        bench.builder, split=split, data_dir=data_dir, download=False,
-        decoders={"image": tfds.decode.SkipDecoding()})
+    # What tfds.data_source(download=False) does, on the builder at hand.
+    sources = [builder.as_data_source(
+        split, decoders={"image": tfds.decode.SkipDecoding()})
                for split in bench.tfds_splits]
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():

@@ -145,14 +145,14 @@ def create_train_state(rng: jax.Array, config, model: models.EmbeddingNet,
   objective = objectives.get_objective(config.objective)
   init_rng, state_rng = jax.random.split(rng)
   sample = jnp.zeros((1,) + train_split.image_shape, jnp.float32)
-  variables = model.init(init_rng, sample, train=False)
+  # init runs the network once anyway: keep its output for the embedding size.
+  (embeddings, _), variables = model.init_with_output(init_rng, sample,
+                                                      train=False)
   weights_tx = optax.adam(config.nngk.weights_learning_rate)
   bank = {"centres": None, "centre_labels": None, "centre_log_weights": None,
           "weights_opt_state": None}
   if objective.uses_centre_bank:
     num_centres = len(train_split)
-    embeddings, _ = jax.eval_shape(
-        functools.partial(model.apply, train=False), variables, sample)
     log_weights = jnp.zeros((num_centres,), jnp.float32)
     bank = {
         "centres": jnp.zeros((num_centres, embeddings.shape[-1]),

@@ -310,8 +310,8 @@ def test_missing_weights_file_stops_with_instructions(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_paper_recipe_trains_from_pretrained_weights(resnet18_file, tiny_config,
-                                                     fake_tfds, tmp_path):
+def test_paper_recipe_trains_from_pretrained_weights(resnet18_file, fake_tfds,
+                                                     tmp_path):
   """The paper recipe, shrunk to 32 px and 1 epoch, on fake CUB data."""
   from nngk_jax import train
   state_dict, path = resnet18_file
