@@ -100,7 +100,8 @@ def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
       jax.lax.stop_gradient(inputs.centres), inputs.centre_labels,
       inputs.batch["neighbour_idx"], sigma=config.nngk.sigma,
       centre_log_weights=log_weights,
-      neighbour_mask=inputs.batch["neighbour_mask"])
+      neighbour_mask=inputs.batch["neighbour_mask"],
+      num_classes=inputs.num_classes)
 
 
 def _softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:

@@ -38,10 +38,11 @@ def test_train_step_loss_equals_kernel_loss_of_the_batch(tiny_config):
       emb, jnp.asarray(batch["label"]), state.centres, state.centre_labels,
       jnp.asarray(batch["neighbour_idx"]), sigma=config.nngk.sigma,
       centre_log_weights=state.centre_log_weights,
-      neighbour_mask=jnp.asarray(batch["neighbour_mask"])).mean()
+      neighbour_mask=jnp.asarray(batch["neighbour_mask"]),
+      num_classes=dataset.train.num_classes).mean()
   want = float(want)
   old_weights = np.asarray(state.centre_log_weights)
-  step = train.make_train_step(config)
+  step = train.make_train_step(config, dataset.train.num_classes)
   new_state, metrics = step(state, batch)
   np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
   # Only the log-weights of centres that were neighbours in the batch move.

@@ -33,15 +33,14 @@ __all__ = [
     "neighbour_log_kernels",
 ]
 
-# The loss floors p(y|x) here, as the authors' code does (loss <= 23.03).
+# The authors' code stands in this value for the kernel sum of a class with
+# no centre among the neighbours (``p_ii[p_ii == 0] = 1e-10``, then it
+# normalises). ``gaussian_kernel_loss`` uses it in that case only.
 MIN_PROBABILITY = 1e-10
-
-
 
 
 def _check_sigma(sigma: Any) -> None:
   _check_positive_scalar("sigma", sigma)
-
 
 
 
@@ -234,6 +233,14 @@ def kernel_class_log_probs(
   return jnp.where(has_evidence[:, None], log_probs, uniform)
 
 
+def _count_distinct(labels: jax.Array, valid: jax.Array) -> jax.Array:
+  """``[batch]`` number of distinct labels among the valid entries of a row."""
+  keyed = jnp.sort(jnp.where(valid, labels, -1), axis=1)  # invalid sort first
+  first = (keyed[:, :1] >= 0).astype(jnp.int32)[:, 0]
+  changes = (keyed[:, 1:] != keyed[:, :-1]) & (keyed[:, 1:] >= 0)
+  return first + jnp.sum(changes, axis=1, dtype=jnp.int32)
+
+
 def gaussian_kernel_loss(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -244,30 +251,47 @@ def gaussian_kernel_loss(
     sigma: float | jax.Array,
     centre_log_weights: jax.Array | None = None,
     neighbour_mask: jax.Array | None = None,
+    num_classes: int | None = None,
 ) -> jax.Array:
   r"""Per-example NNGK loss, the negative log of the kernel vote for the label.
 
   .. math::
-    \ell(x, y) = -\log \max\left(p(y \mid x),\ 10^{-10}\right), \qquad
-    p(y \mid x) = \frac{\sum_{j \in N_K(x),\, y_j = y} w_j
-        e^{-\lVert f(x) - c_j \rVert^2 / 2\sigma^2}}
-      {\sum_{j \in N_K(x)} w_j e^{-\lVert f(x) - c_j \rVert^2 / 2\sigma^2}}
+    \ell(x, y) = -\log p(y \mid x), \qquad
+    p(y \mid x) = \frac{s_y(x)}{\sum_c s_c(x)}, \qquad
+    s_c(x) = \sum_{j \in N_K(x),\, y_j = c} w_j
+        e^{-\lVert f(x) - c_j \rVert^2 / 2\sigma^2}
 
   evaluated in log space (see :func:`kernel_class_log_probs`), without
-  building the ``[batch, k, num_classes]`` tensor.
+  building the ``[batch, k, num_classes]`` tensor. No finite log-probability
+  is ever clipped: a hard example with ``p(y|x) = 1e-30`` gets loss ``69.1``
+  and its full gradient.
+
+  When no centre of class ``y`` is among the unmasked neighbours
+  (:math:`s_y = 0`), the loss follows the authors' code, which replaces the
+  kernel sum of every class absent from the neighbours by
+  :math:`\epsilon = 10^{-10}` (``MIN_PROBABILITY``) before normalising:
+
+  .. math::
+    \ell(x, y) = -\log \frac{\epsilon}{S(x) + m(x)\,\epsilon}
+      = \log\left(S(x) + m(x)\,\epsilon\right) - \log \epsilon,
+    \qquad S(x) = \sum_{j \in N_K(x)} k_j(x)
+
+  with :math:`m(x)` the number of classes absent from the neighbours
+  (``num_classes`` minus the distinct neighbour labels; ``1``, the label's
+  own class, when ``num_classes`` is not given). Its gradient pushes
+  :math:`f(x)` away from its neighbours and lowers their weights
+  :math:`\theta_j`, in proportion to :math:`S / (S + m\epsilon)`: strongly
+  while the neighbours' kernels are well above :math:`\epsilon`, hardly at
+  all once they are far. The value lies between ``log m`` and
+  ``log(K max_j w_j + m eps) - log eps`` (``23.03 + log K`` for unit weights).
 
   Edge cases, all finite for finite inputs:
 
-  * No centre of class ``y`` among the unmasked neighbours: ``p(y|x) = 0``,
-    floored at ``MIN_PROBABILITY = 1e-10`` as in the authors' code, so the
-    loss is ``-log(1e-10) ~= 23.03`` with zero gradient. Appending each
-    example's nearest same-class centres to its neighbours
-    (``nngk_jax.neighbours``, ``num_same_class``) avoids this.
-  * Every neighbour masked out: there is no same-class centre either, so the
-    same floor applies (loss ``23.03``, zero gradient). (The class
-    log-probabilities of :func:`kernel_class_log_probs` are uniform then.)
+  * Every neighbour masked out: :math:`S = 0`, loss :math:`\log m` (the
+    uniform ``log num_classes`` when ``num_classes`` is given), no gradient.
   * Far-away points: the logsumexp shift keeps ``p(y|x)`` exact even when
     every kernel underflows in linear space.
+  * NaN inputs give a NaN loss in that row only.
 
   Args:
     embeddings: ``[batch, dim]`` float, :math:`f(x)`.
@@ -282,6 +306,9 @@ def gaussian_kernel_loss(
       (:math:`w_j = e^{\theta_j}`); ``None`` means unit weights.
     neighbour_mask: optional ``[batch, k]`` bool; ``False`` drops that
       neighbour.
+    num_classes: optional number of classes ``C`` (static), used only to count
+      the absent classes :math:`m` of the no-positive case as the authors'
+      code does; ``None`` counts the label's own class only.
 
   Returns:
     ``[batch]`` losses; reduce them (``.mean()``) as you see fit.
@@ -297,11 +324,17 @@ def gaussian_kernel_loss(
     ...     jnp.array([[0, 1, 2]]), sigma=1.)
     >>> round(float(loss[0]), 4)  # -log((1 + e^-0.5) / (1 + 2 e^-0.5))
     0.3203
+    >>> no_positive = gaussian_kernel_loss(  # S = 1 + e^-0.5, m = 1
+    ...     jnp.array([[0., 0.]]), jnp.array([1]), centres, jnp.array([0, 0, 2]),
+    ...     jnp.array([[0, 1]]), sigma=1.)
+    >>> round(float(no_positive[0]), 4)  # log(1 + e^-0.5 + 1e-10) + 23.0259
+    23.4999
 
   References:
     Meyer, Harwood and Drummond, "Deep Metric Learning and Image
     Classification with Nearest Neighbour Gaussian Kernels", ICIP 2018,
-    arXiv:1705.09780.
+    arXiv:1705.09780; the authors' code, ``classifier.py`` of
+    github.com/bjmey/gaussian_kernel_metric_learning.
   """
   _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
                      centre_log_weights, neighbour_mask)
@@ -312,13 +345,29 @@ def gaussian_kernel_loss(
     raise ValueError(
         f"labels has {jnp.shape(labels)[0]} entries for a batch of "
         f"{jnp.shape(embeddings)[0]} embeddings")
+  if num_classes is not None and (
+      isinstance(num_classes, bool) or not isinstance(num_classes, int)
+      or num_classes < 1):
+    raise ValueError(
+        f"num_classes must be a positive int or None, got {num_classes!r}")
   neighbour_labels = jnp.take(centre_labels, neighbour_idx, axis=0)  # [B, K]
   same_class = neighbour_labels == labels[:, None]
   log_num, log_den = _log_numerator_denominator(
       embeddings, centres, neighbour_idx, same_class, sigma,
       centre_log_weights, neighbour_mask)
-  # log_num = -inf (no positive, or no neighbour at all) -> floor.
+  # log_num = -inf exactly when no unmasked neighbour shares the label.
   has_positive = jnp.isfinite(log_num) | jnp.isnan(log_num)
-  log_p = jnp.where(has_positive,
-                    log_num - jnp.where(has_positive, log_den, 0.0), -jnp.inf)
-  return -jnp.maximum(log_p, math.log(MIN_PROBABILITY))
+  safe_num = jnp.where(has_positive, log_num, 0.0)
+  ratio_loss = log_den - safe_num
+  # The authors' empty-class stand-in: -log(eps / (S + m eps)).
+  if num_classes is None:
+    absent = jnp.ones(jnp.shape(labels), jnp.float32)
+  else:
+    valid = (jnp.ones(neighbour_labels.shape, bool) if neighbour_mask is None
+             else neighbour_mask)
+    present = _count_distinct(neighbour_labels, valid)
+    absent = jnp.maximum(num_classes - present, 1).astype(jnp.float32)
+  log_eps = math.log(MIN_PROBABILITY)
+  safe_den = jnp.where(has_positive, -jnp.inf, log_den)
+  empty_loss = jnp.logaddexp(safe_den, jnp.log(absent) + log_eps) - log_eps
+  return jnp.where(has_positive, ratio_loss, empty_loss.astype(ratio_loss.dtype))
