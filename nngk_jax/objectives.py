@@ -16,6 +16,12 @@ can ask for:
 * ``sampler``: ``"random"`` batches or ``"class_balanced"`` (m per class).
 * ``prepare_batch``: host-side additions to each batch (e.g. Group Loss
   anchors).
+* ``geometry``: ``"cosine"`` for a loss that sees only the embeddings'
+  directions (proxy, vMF, rank and group losses), ``"euclidean"`` for one
+  that uses distances between raw embeddings (NNGK, softmax, NCA, triplet).
+  Evaluation scores the embeddings in that geometry (cosine: L2-normalised
+  before the Euclidean search, which ranks by cosine similarity); see
+  :func:`evaluation_geometry`.
 
 The maths lives in :mod:`nngk_jax.loss`; objectives only wire config fields
 and batch arrays into those pure functions. A loss returns ``[batch]``
@@ -34,7 +40,10 @@ import optax
 
 from nngk_jax import loss as losses
 
-__all__ = ["OBJECTIVES", "LossInputs", "Objective", "get_objective"]
+__all__ = ["GEOMETRIES", "OBJECTIVES", "LossInputs", "Objective",
+           "evaluation_geometry", "get_objective"]
+
+GEOMETRIES = ("euclidean", "cosine")
 
 
 class LossInputs(NamedTuple):
@@ -77,6 +86,7 @@ class Objective:
   sampler: str = "random"
   prepare_batch: Callable[[dict, Any, int], dict] | None = None
   defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+  geometry: str = "euclidean"
 
 
 def loss_options(config, name: str) -> dict[str, Any]:
@@ -178,28 +188,30 @@ OBJECTIVES: dict[str, Objective] = {
                       uses_neighbour_graph=True),
     "softmax": Objective("softmax", _softmax_loss, uses_classifier_head=True),
     "vmf": Objective("vmf", _vmf_loss, uses_centre_bank=True,
-                     defaults={"kappa": 16.0}),
+                     defaults={"kappa": 16.0}, geometry="cosine"),
     "normalized_softmax": Objective(
         "normalized_softmax", _normalized_softmax_loss, uses_proxies=True,
-        defaults={"temperature": 0.05}),
+        defaults={"temperature": 0.05}, geometry="cosine"),
     "proxy_nca": Objective("proxy_nca", _proxy_nca_loss, uses_proxies=True,
-                           defaults={"scale": 3.0}),
+                           defaults={"scale": 3.0}, geometry="cosine"),
     "proxy_anchor": Objective(
         "proxy_anchor", _proxy_anchor_loss, uses_proxies=True,
-        defaults={"margin": 0.1, "alpha": 32.0}),
+        defaults={"margin": 0.1, "alpha": 32.0}, geometry="cosine"),
     "nca": Objective("nca", _nca_loss, defaults={"sigma": 0.25}),
     "triplet": Objective("triplet", _triplet_loss, sampler="class_balanced",
                          defaults={"margin": 0.2}),
     "rank": Objective("rank", _rank_loss, sampler="class_balanced",
                       defaults={"temperature": 0.01, "transfer": "power",
-                                "gamma": 2.0, "margin": 0.0}),
+                                "gamma": 2.0, "margin": 0.0},
+                      geometry="cosine"),
     # Official recipe (CUB): 6 classes x 9 samples, 2 anchors, T = 24. The
     # official code keeps W's self-similarity diagonal (zero_diagonal=False);
     # its comments and the paper's text zero it, which is the default here.
     "group": Objective("group", _group_loss, uses_classifier_head=True,
                        sampler="class_balanced", prepare_batch=_group_anchors,
                        defaults={"temperature": 24.0, "num_anchors": 2,
-                                 "num_iterations": 1, "zero_diagonal": True}),
+                                 "num_iterations": 1, "zero_diagonal": True},
+                       geometry="cosine"),
 }
 
 
@@ -216,9 +228,34 @@ def get_objective(name: str) -> Objective:
   return OBJECTIVES[name]
 
 
+def evaluation_geometry(config: Any) -> str:
+  """The geometry the trained embeddings are scored in: its objective's.
+
+  ``"cosine"`` when the objective declares it or when the network already
+  L2-normalises its embeddings (``config.model.normalize``: then both
+  geometries rank alike); ``"euclidean"`` otherwise.
+
+  Examples:
+    >>> import ml_collections
+    >>> c = ml_collections.ConfigDict(
+    ...     {"objective": "proxy_anchor", "model": {"normalize": False}})
+    >>> evaluation_geometry(c)
+    'cosine'
+    >>> c.objective = "nngk"
+    >>> evaluation_geometry(c)
+    'euclidean'
+  """
+  if config.model.get("normalize", False):
+    return "cosine"
+  return get_objective(config.objective).geometry
+
+
 def register(objective: Objective) -> Objective:
   """Adds ``objective`` to :data:`OBJECTIVES` (a new loss is one call)."""
   if objective.sampler not in ("random", "class_balanced"):
     raise ValueError(f"unknown sampler {objective.sampler!r}")
+  if objective.geometry not in GEOMETRIES:
+    raise ValueError(f"unknown geometry {objective.geometry!r}; known: "
+                     f"{GEOMETRIES}")
   OBJECTIVES[objective.name] = objective
   return objective

@@ -313,28 +313,42 @@ def missing_positive_fraction(graph: neighbourlib.NeighbourGraph,
   return float(np.mean(~(same & graph.mask).any(axis=1)))
 
 
+def _in_geometry(embeddings: np.ndarray, geometry: str) -> np.ndarray:
+  """``embeddings`` as scored in ``geometry`` (cosine: L2-normalised rows)."""
+  if geometry == "euclidean":
+    return embeddings
+  norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+  return embeddings / np.maximum(norms, 1e-12)
+
+
 def evaluate(state: TrainState, dataset: datalib.Dataset, config) -> dict:
   """Retrieval metrics on the test split, plus accuracies for classification.
 
   Metric protocol (test classes unseen in training): Recall@K, MAP@R,
-  R-precision and NMI, each test embedding queried against the others.
-  Classification protocol: the same retrieval metrics, plus the accuracy of
-  the kernel classifier (test embedding against freshly embedded training
-  centres, ``classifier_k`` nearest, NNGK vote) and, with a classifier head,
-  of the softmax head.
+  R-precision and NMI, each test embedding queried against the others, in
+  the objective's geometry (:func:`nngk_jax.objectives.evaluation_geometry`:
+  cosine objectives are scored on L2-normalised embeddings); the result
+  records it as ``"geometry"``. Classification protocol: the same retrieval
+  metrics, plus the accuracy of the kernel classifier (test embedding
+  against freshly embedded training centres, ``classifier_k`` nearest, NNGK
+  vote, in the same geometry) and, with a classifier head, of the softmax
+  head.
   """
+  geometry = objectives.evaluation_geometry(config)
   test_emb, test_logits = embed_split(state, dataset.test,
                                       config.eval_batch_size)
   _check_finite("test embeddings", test_emb, "at evaluation")
+  test_emb = _in_geometry(test_emb, geometry)
   results = metriclib.retrieval_metrics(
       test_emb, dataset.test.labels, recall_ks=tuple(config.recall_ks),
       nmi=config.nmi, seed=config.seed,
       search=config.get("eval_search", "exact"),
       nmi_method=config.get("nmi_method", "auto"))
+  results["geometry"] = geometry
   if dataset.protocol == "classification":
     train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)
     predicted = kernel_classify(
-        train_emb, dataset.train.labels, test_emb,
+        _in_geometry(train_emb, geometry), dataset.train.labels, test_emb,
         num_classes=dataset.train.num_classes, k=config.classifier_k,
         sigma=config.nngk.sigma,
         centre_log_weights=(np.asarray(state.centre_log_weights)
