@@ -247,3 +247,33 @@ def test_cli_trains_on_an_image_folder(tmp_path):
   assert result.returncode == 0, result.stderr
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
   assert metrics["kernel_accuracy"] > 0.5
+
+
+def test_lr_multipliers_scale_the_proxies_updates(tiny_config):
+  """One SGD step: the proxies move by 100x lr times their gradient, the
+  network by lr times its own (one optimiser over one params tree)."""
+  config = tiny_config(objective="proxy_anchor")
+  config.optimizer = {"name": "sgd", "learning_rate": 0.01,
+                      "lr_multipliers": {"^proxies$": 100.0}}
+  dataset = datalib.load_dataset("digits")
+  model = train.build_model(config, dataset.train.num_classes)
+  state = train.create_train_state(jax.random.key(0), config, model,
+                                   dataset.train)
+  grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
+  new = state.apply_gradients(grads=grads)
+  np.testing.assert_allclose(
+      np.asarray(new.params["proxies"] - state.params["proxies"]), -1.0,
+      rtol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(new.params["embedding"]["kernel"]
+                 - state.params["embedding"]["kernel"]), -0.01, rtol=1e-4)
+
+
+@pytest.mark.parametrize("multipliers, match", [
+    ({"(": 10.0}, "bad pattern"), ({"proxies": -1.0}, "positive number")])
+def test_lr_multipliers_bad_input(multipliers, match):
+  import ml_collections
+  config = ml_collections.ConfigDict({"optimizer": {
+      "name": "adam", "learning_rate": 1e-3, "lr_multipliers": multipliers}})
+  with pytest.raises(ValueError, match=match):
+    train.make_optimizer(config)
