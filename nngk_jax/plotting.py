@@ -92,7 +92,10 @@ def plot_history(history: Sequence[Mapping[str, Any]],
                  path_prefix: PathLike) -> list[pathlib.Path]:
   """Draws the training curves of a run, one record per epoch.
 
-  Writes ``<prefix>loss.png`` (``train_loss`` against epoch) and
+  Writes ``<prefix>loss.png`` (``train_loss`` against epoch, with panels
+  for ``embedding_norm`` and for the spread of the centre log-weights,
+  ``log_weight_min`` / ``_std`` / ``_max``, when the records have them: the
+  three curves that show at once whether training is drifting) and
   ``<prefix>metrics.png`` (every ``recall@K``, ``map@r``, ``r_precision``,
   ``nmi`` and ``*_accuracy`` found in any record, one line each, y in
   ``[0, 1]``). Keys may be missing from some records (evaluation every few
@@ -131,14 +134,29 @@ def plot_history(history: Sequence[Mapping[str, Any]],
   written = []
   epochs, losses = _series(history, "train_loss")
   if epochs:
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(epochs, losses, marker="o", markersize=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss")
-    ax.set_title("Training loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
+    panels = [("train_loss", "train loss", "Training loss")]
+    if _series(history, "embedding_norm")[0]:
+      panels.append(("embedding_norm", "mean L2 norm",
+                     "Embedding norm (train mode)"))
+    if _series(history, "log_weight_std")[0]:
+      panels.append(("log_weight_std", "theta", "Centre log-weights"))
+    fig = Figure(figsize=(6, 3 * len(panels) + 1), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (key, ylabel, title) in zip(axes, panels):
+      if key == "log_weight_std":
+        for name, style in (("log_weight_min", ":"), ("log_weight_std", "-"),
+                            ("log_weight_max", ":")):
+          if _series(history, name)[0]:
+            ax.plot(*_series(history, name), style, marker="o", markersize=3,
+                    label=name.replace("log_weight_", ""))
+        ax.legend(loc="best", fontsize="small")
+      else:
+        ax.plot(*_series(history, key), marker="o", markersize=3)
+      ax.set_ylabel(ylabel)
+      ax.set_title(title)
+      ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     written.append(_save(fig, prefix + "loss.png"))
 
   keys = sorted({k for record in history for k in record

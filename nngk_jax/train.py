@@ -248,8 +248,9 @@ def make_train_step(config, num_classes: int | None = None):
   """The jitted ``train_step(state, batch) -> (state, metrics)``.
 
   The state's buffers are donated: the caller must not reuse the old state.
-  ``metrics`` holds the mean loss over valid rows and the global norms of the
-  gradient and of the parameters.
+  ``metrics`` holds the mean loss over valid rows, the global norms of the
+  gradient and of the parameters, and the mean L2 norm of the batch's
+  (train-mode) embeddings.
   """
   objective = objectives.get_objective(config.objective)
 
@@ -263,19 +264,23 @@ def make_train_step(config, num_classes: int | None = None):
         centre_log_weights=centre_log_weights, params=params,
         num_classes=num_classes)
     per_example = objective.per_example_loss(inputs, config)
+    valid = batch["valid"].astype(embeddings.dtype)
+    num_valid = jnp.maximum(jnp.sum(valid), 1.0)
+    norms = jnp.sqrt(jnp.sum(embeddings * embeddings, axis=-1))
+    embedding_norm = jax.lax.stop_gradient(jnp.sum(norms * valid) / num_valid)
     if per_example.ndim == 0:  # a loss that does not decompose per example
-      return per_example, updates["batch_stats"]
-    valid = batch["valid"].astype(per_example.dtype)
-    loss = jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-    return loss, updates["batch_stats"]
+      return per_example, (updates["batch_stats"], embedding_norm)
+    loss = jnp.sum(per_example * valid) / num_valid
+    return loss, (updates["batch_stats"], embedding_norm)
 
   def train_step(state: TrainState, batch):
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-    (loss, batch_stats), (grads, weight_grads) = grad_fn(
+    (loss, (batch_stats, embedding_norm)), (grads, weight_grads) = grad_fn(
         state.params, state.centre_log_weights, state, batch)
     new_state = state.apply_all_gradients(grads, weight_grads, batch_stats)
     step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-                    "param_norm": optax.global_norm(new_state.params)}
+                    "param_norm": optax.global_norm(new_state.params),
+                    "embedding_norm": embedding_norm}
     return new_state, step_metrics
 
   return jax.jit(train_step, donate_argnums=0)
@@ -362,6 +367,16 @@ def _in_geometry(embeddings: np.ndarray, geometry: str) -> np.ndarray:
     return embeddings
   norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
   return embeddings / np.maximum(norms, 1e-12)
+
+
+def log_weight_stats(state: TrainState) -> dict[str, float]:
+  """Spread of the per-centre log-weights theta (empty without a bank)."""
+  if state.centre_log_weights is None:
+    return {}
+  theta = np.asarray(state.centre_log_weights)
+  return {"log_weight_std": float(theta.std()),
+          "log_weight_min": float(theta.min()),
+          "log_weight_max": float(theta.max())}
 
 
 def evaluate(state: TrainState, dataset: datalib.Dataset, config) -> dict:
@@ -521,7 +536,7 @@ def train_epoch(state, train_step, split, config, epoch, graph, *,
   bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{config.num_epochs}",
              unit="step", disable=not config.progress, leave=False,
              dynamic_ncols=True)
-  losses_seen, pending = [], None
+  losses_seen, norms_seen, pending = [], [], None
   start = time.perf_counter()
   warm_start, warm_images = None, 0
 
@@ -534,6 +549,7 @@ def train_epoch(state, train_step, split, config, epoch, graph, *,
           f"good checkpoint is kept in {workdir}. Lower the learning rate "
           f"(optimizer.learning_rate) or check the input data.")
     losses_seen.append(loss)
+    norms_seen.append(float(step_metrics["embedding_norm"]))
 
   for step_in_epoch, batch in enumerate(
       _batches_with_neighbours(split, config, epoch, graph)):
@@ -561,6 +577,7 @@ def train_epoch(state, train_step, split, config, epoch, graph, *,
       "train_loss": float(np.mean(losses_seen)),
       "grad_norm": float(pending[0]["grad_norm"]),
       "param_norm": float(pending[0]["param_norm"]),
+      "embedding_norm": float(np.mean(norms_seen)),
       "epoch_seconds": end - start,
       "images_per_second": (warm_images / (end - warm_start)
                             if warm_images else float("nan")),
@@ -642,6 +659,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, stats = train_epoch(state, train_step, dataset.train, config,
                                epoch, graph, workdir=workdir)
     record.update(stats)
+    record.update(log_weight_stats(state))
     last = epoch + 1 == config.num_epochs
     if last or (epoch + 1) % config.eval_every == 0:
       record.update(evaluate(state, dataset, config))

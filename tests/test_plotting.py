@@ -268,3 +268,15 @@ def test_no_pyplot_and_backend_untouched(tmp_path):
   if "matplotlib.pyplot" in sys.modules:  # Imported by another test, maybe.
     import matplotlib.pyplot as plt
     assert not plt.get_fignums()
+
+
+def test_loss_figure_adds_norm_and_weight_panels(tmp_path):
+  """The drift diagnostics get their own panels when the records have them."""
+  base = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+  full = [dict(r, embedding_norm=2.0 * r["epoch"], log_weight_std=0.1,
+               log_weight_min=-0.3, log_weight_max=0.2) for r in base]
+  plotting.plot_history(base, str(tmp_path / "a_"))
+  plotting.plot_history(full, str(tmp_path / "b_"))
+  one = Image.open(tmp_path / "a_loss.png").size
+  three = Image.open(tmp_path / "b_loss.png").size
+  assert one[0] == three[0] and three[1] > 2 * one[1]
