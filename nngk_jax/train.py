@@ -268,22 +268,68 @@ def make_train_step(config, num_classes: int | None = None):
     num_valid = jnp.maximum(jnp.sum(valid), 1.0)
     norms = jnp.sqrt(jnp.sum(embeddings * embeddings, axis=-1))
     embedding_norm = jax.lax.stop_gradient(jnp.sum(norms * valid) / num_valid)
+    aux = (updates["batch_stats"], embedding_norm,
+           jax.lax.stop_gradient(embeddings))
     if per_example.ndim == 0:  # a loss that does not decompose per example
-      return per_example, (updates["batch_stats"], embedding_norm)
+      return per_example, aux
     loss = jnp.sum(per_example * valid) / num_valid
-    return loss, (updates["batch_stats"], embedding_norm)
+    return loss, aux
+
+  momentum = config.nngk.get("batch_centre_momentum")
+  update_bank = objective.uses_centre_bank and momentum is not None
 
   def train_step(state: TrainState, batch):
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-    (loss, (batch_stats, embedding_norm)), (grads, weight_grads) = grad_fn(
-        state.params, state.centre_log_weights, state, batch)
+    (loss, (batch_stats, embedding_norm, embeddings)), (
+        grads, weight_grads) = grad_fn(state.params, state.centre_log_weights,
+                                       state, batch)
     new_state = state.apply_all_gradients(grads, weight_grads, batch_stats)
+    if update_bank:
+      new_state = new_state.replace(centres=update_batch_centres(
+          state.centres, embeddings, batch["index"], batch["valid"],
+          momentum=momentum))
     step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                     "param_norm": optax.global_norm(new_state.params),
                     "embedding_norm": embedding_norm}
     return new_state, step_metrics
 
   return jax.jit(train_step, donate_argnums=0)
+
+
+def update_batch_centres(centres: jax.Array, embeddings: jax.Array,
+                         index: jax.Array, valid: jax.Array, *,
+                         momentum: float) -> jax.Array:
+  r"""The bank with the batch's own centres moved toward their new embeddings.
+
+  .. math::
+    c_{i_b} \leftarrow m\, c_{i_b} + (1 - m)\, f(x_b)
+
+  for every valid row ``b`` of the batch (``index[b]`` its training
+  example). Between full refreshes this keeps the centres of the examples
+  just seen current, as the memory banks of scalable NCA (Wu et al., 2018)
+  do; ``momentum = 0`` replaces them outright. Config:
+  ``nngk.batch_centre_momentum`` (``None``: off, the paper's weak update).
+
+  Args:
+    centres: ``[N, D]`` bank.
+    embeddings: ``[batch, D]`` the batch's embeddings (no gradient).
+    index: ``[batch]`` int rows of ``centres``; distinct among valid rows.
+    valid: ``[batch]`` bool; invalid rows leave the bank as it is.
+    momentum: weight of the old centre, in ``[0, 1]``.
+
+  Returns:
+    ``[N, D]`` the updated bank.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> bank = update_batch_centres(jnp.zeros((3, 1)), jnp.ones((2, 1)),
+    ...     jnp.array([2, 0]), jnp.array([True, False]), momentum=0.5)
+    >>> bank[:, 0].tolist()
+    [0.0, 0.0, 0.5]
+  """
+  old = centres[index]
+  new = momentum * old + (1.0 - momentum) * embeddings.astype(centres.dtype)
+  return centres.at[index].set(jnp.where(valid[:, None], new, old))
 
 
 @functools.lru_cache(maxsize=8)
@@ -501,6 +547,10 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
     if config.nngk.refresh_every < 1:
       raise ValueError(f"nngk.refresh_every must be >= 1, got "
                        f"{config.nngk.refresh_every}")
+  momentum = config.nngk.get("batch_centre_momentum")
+  if momentum is not None and not 0.0 <= momentum <= 1.0:
+    raise ValueError(f"nngk.batch_centre_momentum must lie in [0, 1] (or be "
+                     f"None), got {momentum}")
 
 
 # ----------------------------------------------------------------------------

@@ -278,3 +278,27 @@ def test_lr_multipliers_bad_input(multipliers, match):
       "name": "adam", "learning_rate": 1e-3, "lr_multipliers": multipliers}})
   with pytest.raises(ValueError, match=match):
     train.make_optimizer(config)
+
+
+def test_batch_centre_momentum_moves_only_the_batch_centres(tiny_config):
+  config = tiny_config(**{"nngk.batch_centre_momentum": 0.0})
+  dataset = datalib.load_dataset("digits")
+  model = train.build_model(config, dataset.train.num_classes)
+  state = train.create_train_state(jax.random.key(0), config, model,
+                                   dataset.train)
+  state = train.refresh_centres(state, dataset.train, config, epoch=1)
+  graph = train.build_graph(state, config)
+  batch = next(train._batches_with_neighbours(dataset.train, config, 0, graph))
+  old = np.asarray(state.centres).copy()
+  (emb, _), _ = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch["image"], train=True, mutable=["batch_stats"])
+  new_state, _ = train.make_train_step(config, dataset.train.num_classes)(
+      state, batch)
+  new = np.asarray(new_state.centres)
+  touched = np.zeros(len(old), bool)
+  touched[batch["index"]] = True
+  np.testing.assert_array_equal(new[~touched], old[~touched])
+  # momentum 0: the batch's centres become its train-mode embeddings.
+  np.testing.assert_allclose(new[batch["index"]], np.asarray(emb), rtol=1e-5,
+                             atol=1e-6)

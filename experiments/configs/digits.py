@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.nngk.num_same_class = 0  # nearest same-class centres appended
   config.nngk.learn_weights = True
   config.nngk.weights_learning_rate = 1e-3
+  # Each step moves the batch's own centres toward their new embeddings
+  # (m * old + (1 - m) * new); None keeps the paper's weak update.
+  config.nngk.batch_centre_momentum = None
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"   # any optax optimizer taking learning_rate
