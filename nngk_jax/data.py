@@ -550,6 +550,13 @@ def _benchmark(key: str) -> Callable[..., Dataset]:
   return loader
 
 
+def _glyphs(**options: Any) -> Dataset:
+  """Characters rendered from matplotlib's fonts; see
+  :func:`nngk_jax.glyphs.load_glyphs`."""
+  from nngk_jax import glyphs  # pylint: disable=g-import-not-at-top
+  return glyphs.load_glyphs(**options)
+
+
 # A new dataset is a new entry: name -> loader(**options) -> Dataset. A name
 # "KEY:ARG" passes ARG as the loader's first argument (``folder:PATH``).
 DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -558,6 +565,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "cub": _benchmark("cub"),            # CUB-200-2011
     "cars196": _benchmark("cars196"),    # Stanford Cars
     "sop": _benchmark("sop"),            # Stanford Online Products
+    "glyphs": _glyphs,                   # rendered characters, offline
 }
 _TAKES_ARGUMENT = frozenset({"folder"})
 

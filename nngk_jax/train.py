@@ -721,9 +721,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   final = evaluate(state, dataset, config)
   final["epochs"] = config.num_epochs
+  baseline = raw_pixel_metrics(dataset, config)
+  if baseline is not None:
+    final["raw_pixels"] = baseline
+    print(f"test retrieval ({final['geometry']}): learned embedding "
+          f"Recall@1 {final['recall@1']:.3f}, MAP@R {final['map@r']:.3f}; raw "
+          f"pixels Recall@1 {baseline['recall@1']:.3f}, MAP@R "
+          f"{baseline['map@r']:.3f}", file=sys.stderr)
   (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
   store.close()
   return final
+
+
+# Raw-pixel baselines are computed for in-memory test splits up to this many
+# values (images x pixels x channels): 60 M floats, 240 MB.
+RAW_PIXEL_LIMIT = 60_000_000
+
+
+def raw_pixel_metrics(dataset: datalib.Dataset, config) -> dict | None:
+  """The test split's retrieval metrics on its raw pixels (the baseline).
+
+  Each test image, flattened, is a query against the others by Euclidean
+  distance, scored as the learned embeddings are (no NMI). ``None`` when
+  the test split is not an in-memory array split or holds more than
+  ``RAW_PIXEL_LIMIT`` values (decoded benchmarks).
+  """
+  images = getattr(dataset.test, "images", None)
+  if not isinstance(images, np.ndarray) or images.size > RAW_PIXEL_LIMIT:
+    return None
+  flat = images.reshape(len(images), -1).astype(np.float32)
+  return metriclib.retrieval_metrics(
+      flat, dataset.test.labels, recall_ks=tuple(config.recall_ks), nmi=False,
+      seed=config.seed)
 
 
 def load_trained(workdir: str | os.PathLike):

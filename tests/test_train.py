@@ -83,6 +83,9 @@ def test_end_to_end_writes_outputs_and_learns(tmp_path, objective, tiny_config):
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
   assert metrics["recall@1"] > 0.6  # unseen classes 5-9; chance is ~0.2
+  # The raw-pixel baseline of the same test split is reported beside it.
+  assert set(metrics["raw_pixels"]) >= {"recall@1", "map@r"}
+  assert metrics["raw_pixels"]["recall@1"] > 0.6
   if objective == "nngk":
     assert "graph_seconds" in history[0] and "refresh_seconds" in history[0]
 
@@ -130,6 +133,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
   want = json.loads((tmp_path / "full" / "metrics.json").read_text())
   got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
   assert got.pop("geometry") == want.pop("geometry") == "euclidean"
+  assert got.pop("raw_pixels") == want.pop("raw_pixels")
   assert got == pytest.approx(want, rel=1e-6)
 
 
