@@ -8,9 +8,14 @@ Run:   make compare DATASET=digits     (any dataset name works)
        python experiments/compare.py --dataset digits --seeds 0 1 2 \
            --workdir runs/compare_digits
 Time:  about 15 minutes for digits on a 2-core CPU (10 losses x 3 seeds).
-Output: <workdir>/compare.md, <workdir>/compare_map_r.png; with
+       python experiments/compare.py --dataset glyphs --seeds 0 1 2 \
+           --variant nngk_unit "objective=nngk model.normalize=True" \
+           --variant proxy_anchor "objective=proxy_anchor"
+           (named variants, each a set of overrides, instead of one row per
+           objective: an ablation in the same table format)
+Output: <workdir>/compare.md, <workdir>/<workdir name>_map_r.png; with
         --results-doc, the table replaces the "Loss comparison" section of
-        that markdown file and the chart is copied beside it.
+        that markdown file (or --section) and the chart is copied beside it.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ SECTION = "## Loss comparison"
 
 
 def run_one(dataset: str, objective: str, seed: int, workdir: pathlib.Path,
-            overrides: list[str]) -> dict:
-  """Trains one (objective, seed); returns final metrics + seconds/epoch."""
+            overrides: list[str], name: str | None = None) -> dict:
+  """Trains one (objective, seed); returns final metrics + seconds/epoch.
+
+  ``overrides`` are applied after ``objective`` and ``seed``, so a variant
+  may set its own ``objective=...``; ``name`` names the run directory
+  (default: the objective).
+  """
   config = train.load_config(train.config_for_dataset(dataset))
   config.dataset = dataset
   config.objective = objective
@@ -45,7 +55,7 @@ def run_one(dataset: str, objective: str, seed: int, workdir: pathlib.Path,
   config.progress = False
   config.eval_every = 1000  # final evaluation only: same cost for all
   train.apply_overrides(config, overrides)
-  run_dir = workdir / f"{objective}_seed{seed}"
+  run_dir = workdir / f"{name or objective}_seed{seed}"
   metrics = train.train_and_evaluate(config, run_dir)
   history = [json.loads(line) for line in
              (run_dir / "history.jsonl").read_text().splitlines()]
@@ -69,16 +79,17 @@ def table(results: dict[str, list[dict]]) -> str:
   return "\n".join(lines)
 
 
-def replace_section(doc: pathlib.Path, body: str) -> None:
-  """Replaces (or appends) the SECTION of a markdown file with ``body``."""
+def replace_section(doc: pathlib.Path, body: str,
+                    section: str = SECTION) -> None:
+  """Replaces (or appends) ``section`` of a markdown file with ``body``."""
   text = doc.read_text() if doc.exists() else ""
-  start = text.find(SECTION)
+  start = text.find(section)
   if start < 0:
-    text = text.rstrip() + "\n\n" + SECTION + "\n\n" + body + "\n"
+    text = text.rstrip() + "\n\n" + section + "\n\n" + body + "\n"
   else:
-    end = text.find("\n## ", start + len(SECTION))
+    end = text.find("\n## ", start + len(section))
     end = len(text) if end < 0 else end + 1
-    text = text[:start] + SECTION + "\n\n" + body + "\n\n" + text[end:]
+    text = text[:start] + section + "\n\n" + body + "\n\n" + text[end:]
   doc.write_text(text.rstrip() + "\n")
 
 
@@ -89,35 +100,51 @@ def main(argv=None) -> int:
   parser.add_argument("--objectives", nargs="+",
                       default=list(objectives.OBJECTIVES))
   parser.add_argument("--workdir")
+  parser.add_argument("--variant", nargs=2, action="append",
+                      metavar=("NAME", "OVERRIDES"),
+                      help="a named row: space-separated overrides on top "
+                           "of the common ones (repeatable; replaces "
+                           "--objectives)")
   parser.add_argument("--results-doc",
                       help="markdown file whose loss comparison section to "
                            "replace (e.g. docs/results.md)")
+  parser.add_argument("--section", default=SECTION,
+                      help=f"heading of that section (default {SECTION!r})")
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=v")
   args = parser.parse_args(argv)
   safe = args.dataset.replace("/", "_").replace(":", "_")
   workdir = pathlib.Path(args.workdir or ROOT / "runs" / f"compare_{safe}")
+  chart_name = f"{workdir.name}_map_r.png"
+  rows = ([(name, "nngk", extra.split()) for name, extra in args.variant]
+          if args.variant else
+          [(objective, objective, []) for objective in args.objectives])
   results: dict[str, list[dict]] = {}
-  for objective in args.objectives:
-    results[objective] = [run_one(args.dataset, objective, seed, workdir,
-                                  args.overrides) for seed in args.seeds]
-    print(f"{objective}: MAP@R " + ", ".join(
-        f"{r['map@r']:.3f}" for r in results[objective]), flush=True)
-  markdown = (f"`make compare DATASET={args.dataset}` (seeds {args.seeds}; "
-              f"overrides: {' '.join(args.overrides) or 'none'}).\n\n"
+  for name, objective, extra in rows:
+    results[name] = [run_one(args.dataset, objective, seed, workdir,
+                             args.overrides + extra, name=name)
+                     for seed in args.seeds]
+    print(f"{name}: MAP@R " + ", ".join(
+        f"{r['map@r']:.3f}" for r in results[name]), flush=True)
+  command = " ".join(["python experiments/compare.py"] + [
+      f"'{a}'" if " " in a else a for a in (argv or sys.argv[1:])])
+  variants = "".join(f"\n- `{name}`: {extra}" for name, extra in
+                     (args.variant or []))
+  markdown = (f"`{command}` (seeds {args.seeds}; common overrides: "
+              f"{' '.join(args.overrides) or 'none'}).{variants}\n\n"
               + table(results)
-              + "\n\n![MAP@R by loss](compare_map_r.png)")
+              + f"\n\n![MAP@R by row]({chart_name})")
   (workdir / "compare.md").write_text(markdown + "\n")
   names = list(results)
   chart = plotting.plot_bars(
       names, [float(np.mean([r["map@r"] for r in results[n]])) for n in names],
       [float(np.std([r["map@r"] for r in results[n]])) for n in names],
-      workdir / "compare_map_r.png", ylabel="MAP@R",
+      workdir / chart_name, ylabel="MAP@R",
       title=f"{args.dataset}: MAP@R over seeds {args.seeds}")
   print(markdown)
   if args.results_doc:
     doc = pathlib.Path(args.results_doc)
-    shutil.copy(chart, doc.parent / "compare_map_r.png")
-    replace_section(doc, markdown)
+    shutil.copy(chart, doc.parent / chart_name)
+    replace_section(doc, markdown, args.section)
   return 0
 
 

@@ -866,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
   args = parser.parse_intermixed_args(argv)
   try:
-    config_path = args.config or config_for_dataset(args.dataset or "digits")
+    config_path = args.config or config_for_dataset(args.dataset or "glyphs")
     config = load_config(config_path, args.recipe or None)
     if args.dataset:
       config.dataset = args.dataset

@@ -104,7 +104,7 @@ def test_classification_protocol_reports_both_accuracies(tmp_path, tiny_config):
 
 def _run_cli(workdir, *overrides, env=None):
   args = [sys.executable, "-m", "nngk_jax.train", "--workdir", str(workdir),
-          "model.backbone=mlp", "model.backbone_kwargs={'hidden': (32,)}",
+          "--dataset", "digits", "model.backbone=mlp", "model.backbone_kwargs={'hidden': (32,)}",
           "model.embed_dim=8", "nngk.k=8", "batch_size=64", "progress=False",
           "nmi=False", "nngk.refresh_every=2", "nngk.graph_backend='exact'",
           *overrides]

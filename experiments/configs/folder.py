@@ -7,15 +7,17 @@ Options:  data.class_disjoint=True trains on the first half of the sorted
           classes and tests retrieval on the rest; otherwise a stratified
           per-class split for classification. data.image_size sets the
           square size images are resized to (in memory).
-Time:     depends on the folder; the small CNN runs ~1k images/s on a 2-core
-          CPU at 32x32.
+Defaults: those of experiments/configs/glyphs.py (conv4 backbone, NNGK
+          settings chosen on the glyph benchmark; docs/results.md).
+Time:     depends on the folder; conv4 trains a few hundred images/s on a
+          2-core CPU at 32x32.
 """
 
-from experiments.configs import digits
+from experiments.configs import glyphs
 
 
 def get_config():
-  config = digits.get_config()
+  config = glyphs.get_config()  # conv4, the measured small-image defaults
   config.dataset = "folder:"  # the path comes from --dataset folder:PATH
   config.data = {"image_size": 32, "class_disjoint": False,
                  "test_fraction": 0.5, "seed": 0}
