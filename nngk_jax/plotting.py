@@ -94,8 +94,10 @@ def plot_history(history: Sequence[Mapping[str, Any]],
 
   Writes ``<prefix>loss.png`` (``train_loss`` against epoch, with panels
   for ``embedding_norm`` and for the spread of the centre log-weights,
-  ``log_weight_min`` / ``_std`` / ``_max``, when the records have them: the
-  three curves that show at once whether training is drifting) and
+  ``log_weight_min`` / ``_std`` / ``_max``, and for the share of centres
+  with no same-class neighbour, ``missing_positive_fraction``, when the
+  records have them: the curves that show at once whether training is
+  drifting) and
   ``<prefix>metrics.png`` (every ``recall@K``, ``map@r``, ``r_precision``,
   ``nmi`` and ``*_accuracy`` found in any record, one line each, y in
   ``[0, 1]``). Keys may be missing from some records (evaluation every few
@@ -140,6 +142,9 @@ def plot_history(history: Sequence[Mapping[str, Any]],
                      "Embedding norm (train mode)"))
     if _series(history, "log_weight_std")[0]:
       panels.append(("log_weight_std", "theta", "Centre log-weights"))
+    if _series(history, "missing_positive_fraction")[0]:
+      panels.append(("missing_positive_fraction", "share",
+                     "Centres with no same-class neighbour"))
     fig = Figure(figsize=(6, 3 * len(panels) + 1), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (key, ylabel, title) in zip(axes, panels):
