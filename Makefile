@@ -3,7 +3,7 @@
 PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATASET ?= digits
+DATASET ?= glyphs
 WORKDIR ?= runs/$(subst /,_,$(subst :,_,$(DATASET)))$(if $(RECIPE),_$(RECIPE))
 ARGS ?=
 # Benchmarks (cub, cars196, sop): RECIPE=paper (default) or strong.
@@ -44,7 +44,7 @@ compare: venv
 data: venv
 	@case '$(DATASET)' in \
 	  cub|cars196|sop) ;; \
-	  digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	  glyphs|digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	esac
 	$(PY) -m pip install -q -r requirements-data.txt
@@ -52,3 +52,26 @@ data: venv
 
 clean:
 	rm -rf runs .pytest_cache .numba_cache
+
+# `make peer`: pytorch-metric-learning beside nngk-jax, same backbone (conv4),
+# losses, budget and seeds, in one table: docs/peer.md and docs/peer.json
+# (experiments/peer.py; ARGS passes its options, e.g. ARGS="--seeds 0
+# --epochs 2"). PML runs in its own virtual environment $(PEER_VENV) (torch,
+# no JAX): requirements-peer.txt, installed once. PyPI's Linux torch carries
+# the CUDA libraries (~4 GB), so the CPU-only build $(PEER_TORCH_CPU) is tried
+# first (found where pip's find-links has it).
+PEER_VENV ?= .venv-peer
+PEER_PY := $(PEER_VENV)/bin/python
+PEER_TORCH_CPU ?= torch==2.13.0+cpu
+
+.PHONY: peer
+
+$(PEER_VENV)/.installed: requirements-peer.txt
+	test -x $(PEER_PY) || $(PYTHON_SYSTEM) -m venv $(PEER_VENV)
+	$(PEER_PY) -m pip install -q --upgrade pip
+	$(PEER_PY) -m pip install -q '$(PEER_TORCH_CPU)' || { echo "make peer: $(PEER_TORCH_CPU) not found; installing PyPI's torch (with its CUDA libraries, ~4 GB)" >&2; }
+	$(PEER_PY) -m pip install -q -r requirements-peer.txt
+	touch $@
+
+peer: venv $(PEER_VENV)/.installed
+	$(PY) experiments/peer.py --dataset '$(DATASET)' $(ARGS)
