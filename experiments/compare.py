@@ -41,14 +41,16 @@ SECTION = "## Loss comparison"
 
 
 def run_one(dataset: str, objective: str, seed: int, workdir: pathlib.Path,
-            overrides: list[str], name: str | None = None) -> dict:
+            overrides: list[str], name: str | None = None,
+            config_path: str | None = None) -> dict:
   """Trains one (objective, seed); returns final metrics + seconds/epoch.
 
   ``overrides`` are applied after ``objective`` and ``seed``, so a variant
   may set its own ``objective=...``; ``name`` names the run directory
-  (default: the objective).
+  (default: the objective); ``config_path`` replaces the dataset's own
+  config file.
   """
-  config = train.load_config(train.config_for_dataset(dataset))
+  config = train.load_config(config_path or train.config_for_dataset(dataset))
   config.dataset = dataset
   config.objective = objective
   config.seed = seed
@@ -66,13 +68,13 @@ def run_one(dataset: str, objective: str, seed: int, workdir: pathlib.Path,
   return metrics
 
 
-def table(results: dict[str, list[dict]]) -> str:
-  lines = ["| loss | " + " | ".join(COLUMNS) + " |",
-           "| --- |" + " --- |" * len(COLUMNS)]
+def table(results: dict[str, list[dict]], columns=COLUMNS) -> str:
+  lines = ["| loss | " + " | ".join(columns) + " |",
+           "| --- |" + " --- |" * len(columns)]
   for name, runs in results.items():
     cells = []
-    for column in COLUMNS:
-      values = np.array([r[column] for r in runs], float)
+    for column in columns:
+      values = np.array([r.get(column, np.nan) for r in runs], float)
       digits = 2 if column == "epoch_seconds" else 3
       cells.append(f"{values.mean():.{digits}f} ± {values.std():.{digits}f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -100,6 +102,11 @@ def main(argv=None) -> int:
   parser.add_argument("--objectives", nargs="+",
                       default=list(objectives.OBJECTIVES))
   parser.add_argument("--workdir")
+  parser.add_argument("--config", help="config file (default: the dataset's "
+                      "own, experiments/configs/<dataset>.py)")
+  parser.add_argument("--columns", nargs="+", default=list(COLUMNS),
+                      help="metrics in the table (e.g. kernel_accuracy "
+                           "softmax_accuracy for classification)")
   parser.add_argument("--variant", nargs=2, action="append",
                       metavar=("NAME", "OVERRIDES"),
                       help="a named row: space-separated overrides on top "
@@ -121,7 +128,8 @@ def main(argv=None) -> int:
   results: dict[str, list[dict]] = {}
   for name, objective, extra in rows:
     results[name] = [run_one(args.dataset, objective, seed, workdir,
-                             args.overrides + extra, name=name)
+                             args.overrides + extra, name=name,
+                             config_path=args.config)
                      for seed in args.seeds]
     print(f"{name}: MAP@R " + ", ".join(
         f"{r['map@r']:.3f}" for r in results[name]), flush=True)
@@ -131,7 +139,7 @@ def main(argv=None) -> int:
                      (args.variant or []))
   markdown = (f"`{command}` (seeds {args.seeds}; common overrides: "
               f"{' '.join(args.overrides) or 'none'}).{variants}\n\n"
-              + table(results)
+              + table(results, args.columns)
               + f"\n\n![MAP@R by row]({chart_name})")
   (workdir / "compare.md").write_text(markdown + "\n")
   names = list(results)

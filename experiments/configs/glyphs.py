@@ -27,7 +27,7 @@ def get_config():
   config.model.embed_dim = 128
   config.model.normalize = False
   config.nngk.k = 32
-  config.nngk.sigma = 0.25
+  config.nngk.sigma = 1.0
   config.nngk.refresh_every = 1
   config.nngk.graph_backend = "exact"
   config.optimizer.lr_multipliers = {"^proxies$": 100.0}
