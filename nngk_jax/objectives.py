@@ -35,6 +35,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -102,16 +103,44 @@ def loss_options(config, name: str) -> dict[str, Any]:
   return options
 
 
+NO_POSITIVE_RULES = ("authors", "skip")
+
+
 def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  """The NNGK loss of each example against the stored centres.
+
+  ``config.nngk.no_positive`` decides what an example with no same-class
+  centre among its neighbours contributes: ``"authors"`` (the default of
+  the loss function) its value and gradient as in the authors' code, which
+  push it away from all its neighbours; ``"skip"`` nothing (loss 0, no
+  gradient): its neighbourhood holds no evidence about its own class. On
+  L2-normalised embeddings the authors' push collapses the embedding (the
+  network turns every output away from the stale bank; docs/results.md), so
+  the glyph recipe skips. Every other example keeps its exact loss and
+  gradient, however small ``p(y|x)`` is.
+  """
+  rule = config.nngk.get("no_positive", "authors")
+  if rule not in NO_POSITIVE_RULES:
+    raise ValueError(f"nngk.no_positive must be one of {NO_POSITIVE_RULES}, "
+                     f"got {rule!r}")
   log_weights = (inputs.centre_log_weights if config.nngk.learn_weights
                  else None)
-  return losses.gaussian_kernel_loss(
-      inputs.embeddings, inputs.batch["label"],
+  labels = inputs.batch["label"]
+  per_example = losses.gaussian_kernel_loss(
+      inputs.embeddings, labels,
       jax.lax.stop_gradient(inputs.centres), inputs.centre_labels,
       inputs.batch["neighbour_idx"], sigma=config.nngk.sigma,
       centre_log_weights=log_weights,
       neighbour_mask=inputs.batch["neighbour_mask"],
       num_classes=inputs.num_classes)
+  if rule == "skip":
+    neighbour_labels = jnp.take(inputs.centre_labels,
+                                      inputs.batch["neighbour_idx"], axis=0)
+    has_positive = jnp.any(
+        (neighbour_labels == labels[:, None]) & inputs.batch["neighbour_mask"],
+        axis=1)
+    per_example = jnp.where(has_positive, per_example, 0.0)
+  return per_example
 
 
 def _softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:

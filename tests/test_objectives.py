@@ -106,3 +106,41 @@ def test_cosine_evaluation_ignores_embedding_norms(tiny_config, monkeypatch):
   plain, scaled = results["nca"]
   assert plain["geometry"] == "euclidean"
   assert abs(plain["map@r"] - scaled["map@r"]) > 1e-3
+
+
+@pytest.mark.parametrize("rule", ["authors", "skip"])
+def test_nngk_no_positive_rule(rule, tiny_config):
+  """"skip" zeroes exactly the rows with no same-class neighbour (value and
+  gradient); every other row, and "authors", is the loss function's."""
+  import jax
+  import jax.numpy as jnp
+  from nngk_jax import loss as losses
+  config = tiny_config(**{"nngk.no_positive": rule})
+  rng = np.random.default_rng(0)
+  centres = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+  centre_labels = jnp.asarray([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+  batch = {"label": jnp.asarray([0, 1, 3]),
+           "neighbour_idx": jnp.asarray([[0, 3, 6], [4, 6, 9], [3, 4, 5]]),
+           "neighbour_mask": jnp.ones((3, 3), bool)}
+  emb = jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)
+
+  def per_example(e):
+    inputs = objectives.LossInputs(
+        embeddings=e, logits=None, batch=batch, centres=centres,
+        centre_labels=centre_labels, centre_log_weights=None, num_classes=4)
+    return objectives.get_objective("nngk").per_example_loss(inputs, config)
+
+  want = losses.gaussian_kernel_loss(
+      emb, batch["label"], centres, centre_labels, batch["neighbour_idx"],
+      sigma=config.nngk.sigma, num_classes=4)
+  got = per_example(emb)
+  # Rows 0 and 1 have a positive (centres 0 and 4); row 2 (label 3, all
+  # neighbours of class 1) has none.
+  np.testing.assert_allclose(got[:2], want[:2], rtol=1e-6)
+  grad = np.asarray(jax.grad(lambda e: per_example(e).sum())(emb))
+  if rule == "skip":
+    assert float(got[2]) == 0.0
+    np.testing.assert_array_equal(grad[2], 0.0)
+  else:
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
+    assert np.abs(grad[2]).sum() > 0

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Each step moves the batch's own centres toward their new embeddings
   # (m * old + (1 - m) * new); None keeps the paper's weak update.
   config.nngk.batch_centre_momentum = None
+  # An example with no same-class neighbour: "authors" (its loss and push
+  # away from its neighbours, as the authors' code) or "skip" (no loss).
+  config.nngk.no_positive = "authors"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"   # any optax optimizer taking learning_rate
