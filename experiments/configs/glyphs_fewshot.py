@@ -21,5 +21,6 @@ def get_config():
   config.data = {"protocol": "classification", "num_classes": None,
                  "images_per_class": 16, "seed": 0, "test_fraction": 0.5,
                  "train_per_class": 6}
-  config.classifier_k = config.nngk.k
+  config.nngk.k = 32
+  config.classifier_k = 32
   return config
