@@ -20,9 +20,8 @@ from nngk_jax import train
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-
-def test_train_step_loss_equals_kernel_loss_of_the_batch(tiny_config):
-  config = tiny_config()
+def _refreshed_state_and_batch(config):
+  """Digits, the model, a state with a refreshed bank, and its first batch."""
   dataset = datalib.load_dataset("digits")
   model = train.build_model(config, dataset.train.num_classes)
   state = train.create_train_state(jax.random.key(0), config, model,
@@ -30,6 +29,12 @@ def test_train_step_loss_equals_kernel_loss_of_the_batch(tiny_config):
   state = train.refresh_centres(state, dataset.train, config, epoch=1)
   graph = train.build_graph(state, config)
   batch = next(train._batches_with_neighbours(dataset.train, config, 0, graph))
+  return dataset, model, state, batch
+
+
+def test_train_step_loss_equals_kernel_loss_of_the_batch(tiny_config):
+  config = tiny_config()
+  dataset, model, state, batch = _refreshed_state_and_batch(config)
   # The loss the step reports, recomputed by hand from the same state.
   (emb, _), _ = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},
@@ -286,13 +291,7 @@ def test_lr_multipliers_bad_input(multipliers, match):
 
 def test_batch_centre_momentum_moves_only_the_batch_centres(tiny_config):
   config = tiny_config(**{"nngk.batch_centre_momentum": 0.0})
-  dataset = datalib.load_dataset("digits")
-  model = train.build_model(config, dataset.train.num_classes)
-  state = train.create_train_state(jax.random.key(0), config, model,
-                                   dataset.train)
-  state = train.refresh_centres(state, dataset.train, config, epoch=1)
-  graph = train.build_graph(state, config)
-  batch = next(train._batches_with_neighbours(dataset.train, config, 0, graph))
+  dataset, model, state, batch = _refreshed_state_and_batch(config)
   old = np.asarray(state.centres).copy()
   (emb, _), _ = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},
