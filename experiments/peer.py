@@ -17,13 +17,12 @@ multi-similarity loss), ``triplet``, ``nca``, ``normalized_softmax`` and
 Evaluation geometry. Every PML loss here normalises the embeddings inside
 its distance (cosine similarity, or ``LpDistance(normalize_embeddings=True)``
 for triplet and NCA), so PML's side is scored on L2-normalised embeddings
-("cosine"). nngk-jax scores each loss in its objective's geometry
-(``nngk_jax.objectives.evaluation_geometry``): cosine for proxy_anchor and
-normalized_softmax, Euclidean on raw embeddings for triplet, nca and nngk,
-which train on raw embeddings as nngk-jax ships them. ``--ours-normalize
-all`` L2-normalises every nngk-jax embedding in the network instead (as PML
-does; this changes the training of the Euclidean losses). The table's
-geometry column says which was used.
+("cosine"). nngk-jax trains and scores each loss as its recipe
+(``experiments/configs/glyphs.py``) ships it, in the objective's geometry
+(``nngk_jax.objectives.evaluation_geometry``); since that recipe
+L2-normalises the embeddings (NNGK needs it: ``docs/results.md``), every
+nngk-jax row is cosine too. ``--ours-normalize all`` forces normalisation
+whatever the recipe says. The table's geometry column says which was used.
 
 Metric agreement: the test embeddings of one PML run are scored again by
 ``nngk_jax.metrics.retrieval_metrics`` and compared with PML's

@@ -126,7 +126,9 @@ def test_our_config_matches_the_pml_run():
   assert config.dataset == "digits"
   assert config.eval_every >= config.num_epochs  # final evaluation only
   assert not config.progress
-  assert not config.model.normalize  # the objective decides the geometry
+  # "objective": the recipe's own choice (the glyph recipe normalises).
+  recipe = peer.train.load_config(peer.base_config_path())
+  assert config.model.normalize == recipe.model.normalize
   assert _config(ours_normalize="all").model.normalize
   assert dict(config.optimizer.lr_multipliers) == {"^proxies$": 100.0}
   assert _config(overrides=["nngk.k=5"]).nngk.k == 5
