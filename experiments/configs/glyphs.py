@@ -9,8 +9,13 @@ generated on first use and cached.
 Run:      make train                      (same as the command below)
           python -m nngk_jax.train --config experiments/configs/glyphs.py \
               --workdir runs/glyphs
-Time:     see docs/results.md (2-core CPU).
-Expected: see docs/results.md (3 seeds): MAP@R far above raw pixels.
+Time:     ~10 s to render the images once, then 10 epochs over 8,000 images;
+          15.5 min wall measured on the 2-core CPU while three other
+          training jobs shared it (expect roughly half that on a quiet one).
+Expected: test retrieval on the 500 unseen classes, printed at the end:
+          R@1 0.857, MAP@R 0.459 against raw pixels' 0.193 / 0.027 (seed 0,
+          measured with K = 32 just before K = 128 became the default; 600
+          classes: docs/results.md and docs/peer.md, 3 seeds).
 """
 
 from experiments.configs import digits
