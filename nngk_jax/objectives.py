@@ -106,6 +106,15 @@ def loss_options(config, name: str) -> dict[str, Any]:
 NO_POSITIVE_RULES = ("authors", "skip")
 
 
+def no_positive_rule(config: Any) -> str:
+  """``config.nngk.no_positive`` (default ``"authors"``), checked."""
+  rule = config.nngk.get("no_positive", "authors")
+  if rule not in NO_POSITIVE_RULES:
+    raise ValueError(f"nngk.no_positive must be one of {NO_POSITIVE_RULES}, "
+                     f"got {rule!r}")
+  return rule
+
+
 def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
   """The NNGK loss of each example against the stored centres.
 
@@ -119,10 +128,7 @@ def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
   the glyph recipe skips. Every other example keeps its exact loss and
   gradient, however small ``p(y|x)`` is.
   """
-  rule = config.nngk.get("no_positive", "authors")
-  if rule not in NO_POSITIVE_RULES:
-    raise ValueError(f"nngk.no_positive must be one of {NO_POSITIVE_RULES}, "
-                     f"got {rule!r}")
+  rule = no_positive_rule(config)
   log_weights = (inputs.centre_log_weights if config.nngk.learn_weights
                  else None)
   labels = inputs.batch["label"]
@@ -135,7 +141,7 @@ def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
       num_classes=inputs.num_classes)
   if rule == "skip":
     neighbour_labels = jnp.take(inputs.centre_labels,
-                                      inputs.batch["neighbour_idx"], axis=0)
+                                inputs.batch["neighbour_idx"], axis=0)
     has_positive = jnp.any(
         (neighbour_labels == labels[:, None]) & inputs.batch["neighbour_mask"],
         axis=1)

@@ -547,6 +547,7 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
     if config.nngk.refresh_every < 1:
       raise ValueError(f"nngk.refresh_every must be >= 1, got "
                        f"{config.nngk.refresh_every}")
+    objectives.no_positive_rule(config)  # before any work, not at the step
   momentum = config.nngk.get("batch_centre_momentum")
   if momentum is not None and not 0.0 <= momentum <= 1.0:
     raise ValueError(f"nngk.batch_centre_momentum must lie in [0, 1] (or be "

@@ -144,3 +144,11 @@ def test_nngk_no_positive_rule(rule, tiny_config):
   else:
     np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
     assert np.abs(grad[2]).sum() > 0
+
+
+def test_unknown_no_positive_rule_is_refused_before_training(tmp_path,
+                                                             tiny_config):
+  config = tiny_config(**{"nngk.no_positive": "ignore"})
+  with pytest.raises(ValueError, match="nngk.no_positive must be one of"):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "history.jsonl").exists()

@@ -235,17 +235,25 @@ def test_merge_records_keeps_runs_not_redone():
       (peer.PML, 0.1), (peer.OURS, 0.3)]
 
 
+def _random_npz(path, train_labels, test_labels):
+  """An exported split of random 8x8 grey images with the given labels."""
+  rng = np.random.default_rng(0)
+  np.savez(path,
+           train_images=rng.uniform(-1, 1, (len(train_labels), 8, 8, 1)
+                                    ).astype(np.float32),
+           train_labels=train_labels,
+           test_images=rng.uniform(-1, 1, (len(test_labels), 8, 8, 1)
+                                   ).astype(np.float32),
+           test_labels=test_labels)
+  return path
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not PEER_PYTHON.exists(),
                     reason=".venv-peer not installed (make peer installs it)")
 def test_peer_torch_one_epoch(tmp_path):
-  rng = np.random.default_rng(0)
-  npz = tmp_path / "tiny.npz"
-  np.savez(npz,
-           train_images=rng.uniform(-1, 1, (48, 8, 8, 1)).astype(np.float32),
-           train_labels=np.repeat(np.arange(4), 12),
-           test_images=rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32),
-           test_labels=np.repeat(np.arange(3), 10))
+  npz = _random_npz(tmp_path / "tiny.npz", np.repeat(np.arange(4), 12),
+                    np.repeat(np.arange(3), 10))
   out = tmp_path / "result.json"
   embeddings = tmp_path / "emb.npz"
   command = peer.pml_command(
@@ -315,13 +323,8 @@ def test_main_runs_the_pml_side_and_checks_agreement(tmp_path):
 def test_peer_torch_nca_batches_without_positives(tmp_path):
   # Every training class has one image: no batch has a positive pair, where
   # PML's NCALoss averages an empty tensor (NaN); the run takes a zero loss.
-  rng = np.random.default_rng(0)
-  npz = tmp_path / "single.npz"
-  np.savez(npz,
-           train_images=rng.uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32),
-           train_labels=np.arange(32),
-           test_images=rng.uniform(-1, 1, (20, 8, 8, 1)).astype(np.float32),
-           test_labels=np.repeat(np.arange(2), 10))
+  npz = _random_npz(tmp_path / "single.npz", np.arange(32),
+                    np.repeat(np.arange(2), 10))
   out = tmp_path / "result.json"
   command = peer.pml_command(
       PEER_PYTHON, npz, "nca", 0, epochs=1, batch_size=16, embed_dim=8,
