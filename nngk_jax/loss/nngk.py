@@ -22,9 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nngk_jax.loss._checks import check_dtype as _check_dtype
-from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
-from nngk_jax.loss._checks import check_rank as _check_rank
+from nngk_jax.checks import check_dtype as _check_dtype
+from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.checks import check_rank as _check_rank
 
 __all__ = [
     "MIN_PROBABILITY",

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 # Shared with nngk.py so that every loss words its errors the same way.
-from nngk_jax.loss._checks import check_dtype as _check_dtype
-from nngk_jax.loss._checks import check_rank as _check_rank
-from nngk_jax.loss._checks import is_concrete as _is_concrete
+from nngk_jax.checks import check_dtype as _check_dtype
+from nngk_jax.checks import check_rank as _check_rank
+from nngk_jax.checks import is_concrete as _is_concrete
 
 __all__ = [
     "nca_loss",

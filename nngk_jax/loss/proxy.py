@@ -25,10 +25,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nngk_jax.loss._checks import check_dtype as _check_dtype
+from nngk_jax.checks import check_dtype as _check_dtype
 from nngk_jax.loss.vmf import _check_embeddings_and_classes
 from nngk_jax.loss.vmf import _check_labels
-from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.loss.vmf import _cosine_similarities
 from nngk_jax.loss.vmf import _picked_cross_entropy
 

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nngk_jax.loss._checks import check_dtype as _check_dtype
-from nngk_jax.loss._checks import check_positive_scalar as _check_positive_scalar
-from nngk_jax.loss._checks import check_rank as _check_rank
-from nngk_jax.loss._checks import is_concrete as _is_concrete
+from nngk_jax.checks import check_dtype as _check_dtype
+from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
+from nngk_jax.checks import check_rank as _check_rank
+from nngk_jax.checks import is_concrete as _is_concrete
 
 __all__ = [
     "TRANSFERS",
