@@ -26,12 +26,14 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nngk_jax import configs  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
+from nngk_jax import evaluation  # noqa: E402
 from nngk_jax import train  # noqa: E402
 
 
 def _setup(objective: str, backbone: str, batch_size: int):
-  config = train.load_config(ROOT / "experiments" / "configs" / "digits.py")
+  config = configs.load_config(configs.CONFIG_DIR / "digits.py")
   config.objective = objective
   config.model.backbone = backbone
   config.model.backbone_kwargs = ({"hidden": (256, 256)} if backbone == "mlp"
@@ -39,24 +41,21 @@ def _setup(objective: str, backbone: str, batch_size: int):
   config.batch_size = batch_size
   config.nngk.graph_backend = "exact"  # graph build is not what we time here
   dataset = datalib.load_dataset("digits")
-  model = train.build_model(config, dataset.train.num_classes)
-  state = train.create_train_state(jax.random.key(0), config, model,
-                                   dataset.train)
-  graph = None
-  if objective == "nngk":
-    state = train.refresh_centres(state, dataset.train, config, epoch=1)
-    graph = train.build_graph(state, config)
-  step = train.make_train_step(config)
-  return config, dataset, state, graph, step
+  _, bank, state = train.init_run(config, dataset)
+  if bank is not None:
+    bank_state, _ = bank.refresh(state.bank, 0, lambda: evaluation.embed_split(
+        state, dataset.train, config.eval_batch_size)[0])
+    state = state.replace(bank=bank_state)
+  step = train.make_train_step(config, dataset.train.num_classes, bank)
+  return config, dataset, state, bank, step
 
 
 def _run_block(setup, steps: int, epoch: int) -> tuple[float, object]:
-  config, dataset, state, graph, step = setup
+  config, dataset, state, bank, step = setup
   done = 0
   start = time.perf_counter()
   while done < steps:
-    for batch in train._batches_with_neighbours(dataset.train, config, epoch,
-                                                graph):
+    for batch in train.batches(dataset.train, config, epoch, bank):
       state, metrics = step(state, batch)
       done += 1
       if done == steps:

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nngk_jax import configs  # noqa: E402
 from nngk_jax import objectives  # noqa: E402
 from nngk_jax import plotting  # noqa: E402
 from nngk_jax import train  # noqa: E402
@@ -50,13 +51,13 @@ def run_one(dataset: str, objective: str, seed: int, workdir: pathlib.Path,
   (default: the objective); ``config_path`` replaces the dataset's own
   config file.
   """
-  config = train.load_config(config_path or train.config_for_dataset(dataset))
+  config = configs.load_config(config_path or configs.config_for_dataset(dataset))
   config.dataset = dataset
   config.objective = objective
   config.seed = seed
   config.progress = False
   config.eval_every = 1000  # final evaluation only: same cost for all
-  train.apply_overrides(config, overrides)
+  configs.apply_overrides(config, overrides)
   run_dir = workdir / f"{name or objective}_seed{seed}"
   metrics = train.train_and_evaluate(config, run_dir)
   history = [json.loads(line) for line in

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nngk_jax import configs  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
 from nngk_jax import metrics as metriclib  # noqa: E402
 from nngk_jax import train  # noqa: E402
@@ -44,12 +45,12 @@ def run_dir(config_name: str, seed: int, workdir: pathlib.Path,
 
 
 def run(config_name: str, seed: int, workdir: pathlib.Path, **overrides) -> dict:
-  config = train.load_config(ROOT / "experiments" / "configs" / config_name)
+  config = configs.load_config(configs.CONFIG_DIR / config_name)
   config.seed = seed
   config.data.seed = seed
   config.progress = False
   config.eval_every = 1000  # final evaluation only
-  train.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
+  configs.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
   return train.train_and_evaluate(
       config, run_dir(config_name, seed, workdir, **overrides))
 

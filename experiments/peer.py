@@ -62,6 +62,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nngk_jax import configs  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
 from nngk_jax import train  # noqa: E402
 
@@ -162,8 +163,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def base_config_path() -> pathlib.Path:
   """experiments/configs/glyphs.py where it exists, else digits.py."""
-  glyphs = train.CONFIG_DIR / "glyphs.py"
-  return glyphs if glyphs.exists() else train.CONFIG_DIR / "digits.py"
+  glyphs = configs.CONFIG_DIR / "glyphs.py"
+  return glyphs if glyphs.exists() else configs.CONFIG_DIR / "digits.py"
 
 
 def data_options(dataset: str,
@@ -174,7 +175,7 @@ def data_options(dataset: str,
   the metric-learning protocol wants. ``extra`` (``--data-option``) is
   applied last, for both sides.
   """
-  options = dict(train.load_config(train.config_for_dataset(dataset)).data)
+  options = dict(configs.load_config(configs.config_for_dataset(dataset)).data)
   if dataset.partition(":")[0] == "folder":
     options["class_disjoint"] = True
   options.update(extra or {})
@@ -212,7 +213,7 @@ def our_config(dataset: str, loss: str, seed: int, *, epochs: int,
   if ours_normalize not in NORMALIZE_CHOICES:
     raise ValueError(f"ours_normalize must be one of {NORMALIZE_CHOICES}")
   import ml_collections  # pylint: disable=g-import-not-at-top
-  config = train.load_config(base_config_path())
+  config = configs.load_config(base_config_path())
   config.dataset = dataset
   config.data = ml_collections.ConfigDict(data_options(dataset, data_extra))
   config.objective = loss
@@ -235,7 +236,7 @@ def our_config(dataset: str, loss: str, seed: int, *, epochs: int,
   config.eval_every = 10**6  # final evaluation only, as on PML's side
   config.nmi = True
   config.eval_search = "exact"
-  train.apply_overrides(config, list(overrides))
+  configs.apply_overrides(config, list(overrides))
   return config
 
 

@@ -1,9 +1,11 @@
 """Orbax checkpoints of the whole train state, one per epoch, in the workdir.
 
-A checkpoint holds everything needed to continue: network parameters, batch
-statistics, both optimizer states, the centre bank, centre labels and
-log-weights, the step and the RNG key; its metadata holds the number of
-completed epochs and the config it was written under. Orbax writes each
+A checkpoint holds everything needed to continue: the parameters (network
+and centre bank), the optimiser state, batch statistics, the bank's arrays
+(centres and labels), the step and the RNG key; its metadata holds the
+number of completed epochs, the config it was written under and the layout
+of the state (``FORMAT``): a checkpoint of another layout is refused with a
+message, never half-read. Orbax writes each
 checkpoint to a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoint intact.
 
@@ -20,7 +22,14 @@ from typing import Any, Iterable
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointStore", "ConfigMismatchError", "config_differences"]
+__all__ = ["FORMAT", "CheckpointStore", "ConfigMismatchError",
+           "config_differences"]
+
+# Layout of the saved train state. 1 (absent from the metadata): nngk-jax
+# before the centre bank became a component (centres, centre_labels,
+# centre_log_weights and a second optimiser state as fields of the state).
+# 2: ``params["bank"]`` and ``bank`` (nngk_jax.bank.BankState), one optimiser.
+FORMAT = 2
 
 
 class ConfigMismatchError(ValueError):
@@ -92,7 +101,16 @@ class CheckpointStore:
     epoch = self.latest_epoch()
     if epoch is None:
       return
-    saved = self._restore_meta(epoch)["config"]
+    meta = self._restore_meta(epoch)
+    saved_format = meta.get("format", 1)
+    if saved_format != FORMAT:
+      raise ConfigMismatchError(
+          f"the work directory {self.directory.parent} holds a checkpoint "
+          f"(epoch {epoch}) in the train-state layout {saved_format} of an "
+          f"older nngk-jax; this version reads layout {FORMAT}. Use another "
+          f"--workdir (or delete that one) to train afresh, or resume it "
+          f"with the nngk-jax version that wrote it.")
+    saved = meta["config"]
     diffs = config_differences(saved, self.config, self.resumable_fields)
     if diffs:
       raise ConfigMismatchError(
@@ -107,7 +125,8 @@ class CheckpointStore:
         epoch,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config})))
+            meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config,
+                                    "format": FORMAT})))
     self._manager.wait_until_finished()
 
   def restore(self, target: Any) -> tuple[Any, int]:

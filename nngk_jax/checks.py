@@ -15,6 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class TrainingDivergedError(RuntimeError):
+  """The loss or the embeddings became NaN or infinite during training."""
+
+
 def is_concrete(x: Any) -> bool:
   """False for a tracer (inside ``jit``/``vmap``/``grad``), True otherwise."""
   return not isinstance(x, jax.core.Tracer)
@@ -73,7 +77,8 @@ def non_finite_rows(array: Any) -> np.ndarray:
 
 
 def check_finite_rows(name: str, array: Any, where: str = "",
-                      error: type[Exception] = ValueError) -> None:
+                      error: type[Exception] = ValueError,
+                      advice: str = "") -> None:
   """Raises ``error`` naming how many rows of ``array`` are not finite.
 
   Examples:
@@ -86,5 +91,11 @@ def check_finite_rows(name: str, array: Any, where: str = "",
   bad = non_finite_rows(array)
   if bad.any():
     where = f" {where}" if where else ""
+    advice = f"; {advice}" if advice else ""
     raise error(f"{int(bad.sum())} of {len(bad)} {name} are NaN or infinite"
-                f"{where} (first bad row: {int(np.argmax(bad))})")
+                f"{where} (first bad row: {int(np.argmax(bad))}){advice}")
+
+
+# What a user should do when training diverged (the end of such messages).
+DIVERGED_ADVICE = ("training stopped, the last good checkpoint is kept. Lower "
+                   "the learning rate or check the input data.")

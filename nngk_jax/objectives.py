@@ -1,15 +1,17 @@
 """Training objectives, looked up by the config's ``objective`` name.
 
 An :class:`Objective` tells the trainer what a loss needs and how to turn
-one batch's network outputs into losses. Adding one is a new entry in
-:data:`OBJECTIVES`; the training loop has no per-loss branches. What a loss
-can ask for:
+one batch's network outputs into the loss. Adding one is a new entry in
+:data:`OBJECTIVES` (:func:`register`); the training loop has no per-loss
+branches. What a loss can ask for:
 
-* ``uses_centre_bank``: embeddings of the whole training split, refreshed
-  every ``nngk.refresh_every`` epochs (NNGK's centres; vMF's class means are
-  computed from them).
-* ``uses_neighbour_graph``: the neighbour graph over that bank; each batch
-  then carries ``neighbour_idx`` / ``neighbour_mask`` rows.
+* ``make_bank``: a centre bank (:class:`nngk_jax.bank.CentreBank`): the
+  whole training split's embeddings, refreshed every ``nngk.refresh_every``
+  epochs, with its neighbour graph and per-centre weights as the loss needs
+  (NNGK: graph and weights; vMF: the bank alone, for its class means). The
+  loss reads it as ``inputs.bank`` (a :class:`nngk_jax.bank.BankView`), and
+  each batch carries the bank's ``batch_extras`` (``neighbour_idx``,
+  ``neighbour_mask``, ``has_positive``).
 * ``uses_classifier_head``: a linear classifier on the embedding (logits).
 * ``uses_proxies``: a trainable ``[num_classes, D]`` matrix ``proxies`` in
   the network's parameters.
@@ -24,9 +26,11 @@ can ask for:
   :func:`evaluation_geometry`.
 
 The maths lives in :mod:`nngk_jax.loss`; objectives only wire config fields
-and batch arrays into those pure functions. A loss returns ``[batch]``
-per-example values (the trainer averages the valid rows) or, when it does not
-decompose per example (Proxy-Anchor), a scalar that honours ``batch["valid"]``.
+and batch arrays into those pure functions. ``Objective.loss`` returns the
+scalar the trainer differentiates: a per-example loss averaged over the
+batch's valid rows (:func:`masked_mean`), or a loss that is defined over
+the whole batch (Proxy-Anchor, NCA, triplet, ...) computed with
+``where=batch["valid"]``.
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nngk_jax import bank as banklib
 from nngk_jax import loss as losses
 
 __all__ = ["GEOMETRIES", "OBJECTIVES", "LossInputs", "Objective",
-           "evaluation_geometry", "get_objective"]
+           "evaluation_geometry", "get_objective", "masked_mean", "register"]
 
 GEOMETRIES = ("euclidean", "cosine")
 
@@ -54,34 +59,48 @@ class LossInputs(NamedTuple):
     embeddings: ``[batch, D]`` network embeddings (train mode).
     logits: ``[batch, C]`` classifier logits, or ``None`` without a head.
     batch: the batch dict: ``image``, ``label`` ``[batch]``, ``index``
-      ``[batch]``, ``valid`` ``[batch]``, plus what the trainer and
-      ``prepare_batch`` add (``neighbour_idx``, ``neighbour_mask``,
-      ``anchor_mask``).
-    centres: ``[N, D]`` centre bank, or ``None``.
-    centre_labels: ``[N]`` int, or ``None``.
-    centre_log_weights: ``[N]`` trainable theta, or ``None``.
-    params: the network parameters (``params["proxies"]`` with proxies).
+      ``[batch]``, ``valid`` ``[batch]``, plus the bank's ``batch_extras``
+      and ``prepare_batch``'s additions (``anchor_mask``).
+    params: the parameters (``params["proxies"]`` with proxies).
     num_classes: number of training classes (static).
+    bank: the centre bank's view (centres, labels, log-weights), or ``None``.
   """
 
   embeddings: jax.Array
   logits: jax.Array | None
   batch: dict[str, jax.Array]
-  centres: jax.Array | None
-  centre_labels: jax.Array | None
-  centre_log_weights: jax.Array | None
   params: Any = None
   num_classes: int | None = None
+  bank: banklib.BankView | None = None
+
+
+def masked_mean(per_example: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean of ``per_example`` over the rows where ``valid`` is True.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(masked_mean(jnp.array([1.0, 3.0, 100.0]),
+    ...                   jnp.array([True, True, False])))
+    2.0
+  """
+  valid = valid.astype(per_example.dtype)
+  return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+BankFactory = Callable[[Any, np.ndarray, int], banklib.CentreBank]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """A named loss and what it needs from the trainer (see module doc)."""
+  """A named loss and what it needs from the trainer (see module doc).
+
+  ``loss(inputs, config)`` returns the scalar to minimise;
+  ``make_bank(config, train_labels, embed_dim)`` builds its centre bank.
+  """
 
   name: str
-  per_example_loss: Callable[[LossInputs, Any], jax.Array]
-  uses_centre_bank: bool = False
-  uses_neighbour_graph: bool = False
+  loss: Callable[[LossInputs, Any], jax.Array]
+  make_bank: BankFactory | None = None
   uses_classifier_head: bool = False
   uses_proxies: bool = False
   sampler: str = "random"
@@ -116,65 +135,71 @@ def no_positive_rule(config: Any) -> str:
 
 
 def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  """The NNGK loss of each example against the stored centres.
+  """The NNGK loss of each example against the stored centres, averaged.
 
   ``config.nngk.no_positive`` decides what an example with no same-class
   centre among its neighbours contributes: ``"authors"`` (the default of
   the loss function) its value and gradient as in the authors' code, which
   push it away from all its neighbours; ``"skip"`` nothing (loss 0, no
-  gradient): its neighbourhood holds no evidence about its own class. On
-  L2-normalised embeddings the authors' push collapses the embedding (the
-  network turns every output away from the stale bank; docs/results.md), so
-  the glyph recipe skips. Every other example keeps its exact loss and
-  gradient, however small ``p(y|x)`` is.
+  gradient; the bank marks those rows, ``batch["has_positive"]``): its
+  neighbourhood holds no evidence about its own class. On L2-normalised
+  embeddings the authors' push collapses the embedding (the network turns
+  every output away from the stale bank; docs/results.md), so the glyph
+  recipe skips. Every other example keeps its exact loss and gradient,
+  however small ``p(y|x)`` is.
   """
-  rule = no_positive_rule(config)
-  log_weights = (inputs.centre_log_weights if config.nngk.learn_weights
-                 else None)
-  labels = inputs.batch["label"]
+  bank = inputs.bank
   per_example = losses.gaussian_kernel_loss(
-      inputs.embeddings, labels,
-      jax.lax.stop_gradient(inputs.centres), inputs.centre_labels,
+      inputs.embeddings, inputs.batch["label"], bank.centres, bank.labels,
       inputs.batch["neighbour_idx"], sigma=config.nngk.sigma,
-      centre_log_weights=log_weights,
+      centre_log_weights=bank.log_weights,
       neighbour_mask=inputs.batch["neighbour_mask"],
       num_classes=inputs.num_classes)
-  if rule == "skip":
-    neighbour_labels = jnp.take(inputs.centre_labels,
-                                inputs.batch["neighbour_idx"], axis=0)
-    has_positive = jnp.any(
-        (neighbour_labels == labels[:, None]) & inputs.batch["neighbour_mask"],
-        axis=1)
-    per_example = jnp.where(has_positive, per_example, 0.0)
-  return per_example
+  if no_positive_rule(config) == "skip":
+    per_example = jnp.where(inputs.batch["has_positive"], per_example, 0.0)
+  return masked_mean(per_example, inputs.batch["valid"])
+
+
+def _nngk_bank(config: Any, labels: np.ndarray,
+               dim: int) -> banklib.CentreBank:
+  no_positive_rule(config)  # checked before any work, not at the first step
+  if not config.nngk.sigma > 0:
+    raise ValueError(f"nngk.sigma must be positive, got {config.nngk.sigma}")
+  return banklib.CentreBank.from_config(config, labels, dim)
+
+
+def _vmf_bank(config: Any, labels: np.ndarray,
+              dim: int) -> banklib.CentreBank:
+  return banklib.CentreBank.from_config(config, labels, dim, graph=False,
+                                        weights=False)
 
 
 def _softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:
   del config
-  return optax.softmax_cross_entropy_with_integer_labels(
-      inputs.logits, inputs.batch["label"])
+  return masked_mean(optax.softmax_cross_entropy_with_integer_labels(
+      inputs.logits, inputs.batch["label"]), inputs.batch["valid"])
 
 
 def _vmf_loss(inputs: LossInputs, config: Any) -> jax.Array:
   # Class means from the whole training split's embeddings, as of the last
   # refresh (every nngk.refresh_every epochs): global and periodic.
-  means = losses.vmf_class_means(
-      jax.lax.stop_gradient(inputs.centres), inputs.centre_labels,
-      num_classes=inputs.num_classes)
-  return losses.vmf_loss(inputs.embeddings, inputs.batch["label"], means,
-                         **loss_options(config, "vmf"))
+  means = losses.vmf_class_means(inputs.bank.centres, inputs.bank.labels,
+                                 num_classes=inputs.num_classes)
+  return masked_mean(
+      losses.vmf_loss(inputs.embeddings, inputs.batch["label"], means,
+                      **loss_options(config, "vmf")), inputs.batch["valid"])
 
 
 def _normalized_softmax_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  return losses.normalized_softmax_loss(
+  return masked_mean(losses.normalized_softmax_loss(
       inputs.embeddings, inputs.batch["label"], inputs.params["proxies"],
-      **loss_options(config, "normalized_softmax"))
+      **loss_options(config, "normalized_softmax")), inputs.batch["valid"])
 
 
 def _proxy_nca_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  return losses.proxy_nca_loss(
+  return masked_mean(losses.proxy_nca_loss(
       inputs.embeddings, inputs.batch["label"], inputs.params["proxies"],
-      **loss_options(config, "proxy_nca"))
+      **loss_options(config, "proxy_nca")), inputs.batch["valid"])
 
 
 def _proxy_anchor_loss(inputs: LossInputs, config: Any) -> jax.Array:
@@ -184,21 +209,24 @@ def _proxy_anchor_loss(inputs: LossInputs, config: Any) -> jax.Array:
 
 
 def _nca_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  return losses.nca_loss(inputs.embeddings, inputs.batch["label"],
-                         where=inputs.batch["valid"],
-                         **loss_options(config, "nca"))
+  valid = inputs.batch["valid"]
+  return masked_mean(
+      losses.nca_loss(inputs.embeddings, inputs.batch["label"], where=valid,
+                      **loss_options(config, "nca")), valid)
 
 
 def _triplet_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  return losses.triplet_semihard_loss(
-      inputs.embeddings, inputs.batch["label"], where=inputs.batch["valid"],
-      **loss_options(config, "triplet"))
+  valid = inputs.batch["valid"]
+  return masked_mean(losses.triplet_semihard_loss(
+      inputs.embeddings, inputs.batch["label"], where=valid,
+      **loss_options(config, "triplet")), valid)
 
 
 def _rank_loss(inputs: LossInputs, config: Any) -> jax.Array:
-  return losses.rank_approximation_loss(
-      inputs.embeddings, inputs.batch["label"], where=inputs.batch["valid"],
-      **loss_options(config, "rank"))
+  valid = inputs.batch["valid"]
+  return masked_mean(losses.rank_approximation_loss(
+      inputs.embeddings, inputs.batch["label"], where=valid,
+      **loss_options(config, "rank")), valid)
 
 
 def _group_anchors(batch: dict, config: Any, epoch: int) -> dict:
@@ -211,18 +239,17 @@ def _group_anchors(batch: dict, config: Any, epoch: int) -> dict:
 
 def _group_loss(inputs: LossInputs, config: Any) -> jax.Array:
   options = loss_options(config, "group")
-  return losses.group_loss_with_ce(
+  return masked_mean(losses.group_loss_with_ce(
       inputs.embeddings, inputs.logits, inputs.batch["label"],
       inputs.batch["anchor_mask"], temperature=options["temperature"],
       num_iterations=options["num_iterations"],
-      zero_diagonal=options["zero_diagonal"])
+      zero_diagonal=options["zero_diagonal"]), inputs.batch["valid"])
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "nngk": Objective("nngk", _nngk_loss, uses_centre_bank=True,
-                      uses_neighbour_graph=True),
+    "nngk": Objective("nngk", _nngk_loss, make_bank=_nngk_bank),
     "softmax": Objective("softmax", _softmax_loss, uses_classifier_head=True),
-    "vmf": Objective("vmf", _vmf_loss, uses_centre_bank=True,
+    "vmf": Objective("vmf", _vmf_loss, make_bank=_vmf_bank,
                      defaults={"kappa": 16.0}, geometry="cosine"),
     "normalized_softmax": Objective(
         "normalized_softmax", _normalized_softmax_loss, uses_proxies=True,
@@ -254,7 +281,7 @@ def get_objective(name: str) -> Objective:
   """The objective registered as ``name``.
 
   Examples:
-    >>> get_objective("nngk").uses_neighbour_graph
+    >>> get_objective("proxy_anchor").uses_proxies
     True
   """
   if name not in OBJECTIVES:

@@ -6,6 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from nngk_jax import configs
+
 # Tests run on the CPU, with numba's compiled kernels cached between runs.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
@@ -21,12 +23,8 @@ def tiny_config():
   ``tiny_config(**overrides)`` applies dotted overrides, e.g.
   ``tiny_config(objective="softmax", **{"nngk.k": 5})``.
   """
-  from nngk_jax import train
-
-  root = pathlib.Path(__file__).resolve().parent.parent
-
   def make(**overrides):
-    config = train.load_config(root / "experiments" / "configs" / "digits.py")
+    config = configs.load_config(configs.CONFIG_DIR / "digits.py")
     config.model.backbone = "mlp"
     config.model.backbone_kwargs = {"hidden": (32,)}
     config.model.embed_dim = 8
@@ -37,7 +35,7 @@ def tiny_config():
     config.num_epochs = 2
     config.progress = False
     config.nmi = False
-    train.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
+    configs.apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
     return config
 
   return make

@@ -5,7 +5,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from nngk_jax import bank as banklib
+from nngk_jax import evaluation
 from nngk_jax import objectives
+from nngk_jax import state as statelib
 from nngk_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -18,7 +21,7 @@ def test_objective_trains_and_loss_decreases(tmp_path, name, tiny_config):
   import json
   # A centre bank is refreshed every epoch, which moves the loss's target:
   # its loss is compared over three epochs rather than two.
-  epochs = 3 if objectives.get_objective(name).uses_centre_bank else 2
+  epochs = 3 if objectives.get_objective(name).make_bank is not None else 2
   metrics = train.train_and_evaluate(
       tiny_config(objective=name, num_epochs=epochs), tmp_path)
   history = [json.loads(l) for l in
@@ -48,7 +51,7 @@ def test_group_batches_carry_anchors(tiny_config):
   config = tiny_config(objective="group")
   from nngk_jax import data as datalib
   dataset = datalib.load_dataset("digits")
-  batch = next(train._batches_with_neighbours(dataset.train, config, 0, None))
+  batch = next(train.batches(dataset.train, config, 0))
   labels = batch["label"]
   assert len(np.unique(labels)) == 64 // 16
   for c in np.unique(labels):
@@ -89,16 +92,16 @@ def test_cosine_evaluation_ignores_embedding_norms(tiny_config, monkeypatch):
   results = {}
   for name in ("proxy_anchor", "nca"):
     config = tiny_config(objective=name)
-    model = train.build_model(config, dataset.train.num_classes)
-    state = train.create_train_state(jax.random.key(0), config, model,
-                                     dataset.train)
-    plain = train.evaluate(state, dataset, config)
-    original = train.embed_split
+    model = statelib.build_model(config, dataset.train.num_classes)
+    state = statelib.create_train_state(jax.random.key(0), config, model,
+                                     dataset.train.image_shape)
+    plain = evaluation.evaluate(state, dataset, config)
+    original = evaluation.embed_split
     monkeypatch.setattr(
-        train, "embed_split",
+        evaluation, "embed_split",
         lambda *a, **k: (original(*a, **k)[0] * scale, None))
-    scaled = train.evaluate(state, dataset, config)
-    monkeypatch.setattr(train, "embed_split", original)
+    scaled = evaluation.evaluate(state, dataset, config)
+    monkeypatch.setattr(evaluation, "embed_split", original)
     results[name] = (plain, scaled)
   plain, scaled = results["proxy_anchor"]
   assert plain["geometry"] == scaled["geometry"] == "cosine"
@@ -122,13 +125,22 @@ def test_nngk_no_positive_rule(rule, tiny_config):
   batch = {"label": jnp.asarray([0, 1, 3]),
            "neighbour_idx": jnp.asarray([[0, 3, 6], [4, 6, 9], [3, 4, 5]]),
            "neighbour_mask": jnp.ones((3, 3), bool)}
+  # What CentreBank.batch_extras supplies: a same-class centre in the row.
+  batch["has_positive"] = jnp.any(
+      centre_labels[batch["neighbour_idx"]] == batch["label"][:, None], axis=1)
   emb = jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)
 
   def per_example(e):
-    inputs = objectives.LossInputs(
-        embeddings=e, logits=None, batch=batch, centres=centres,
-        centre_labels=centre_labels, centre_log_weights=None, num_classes=4)
-    return objectives.get_objective("nngk").per_example_loss(inputs, config)
+    # One row at a time through the objective's (averaged) loss.
+    rows = []
+    for b in range(len(e)):
+      row_batch = {key: value[b:b + 1] for key, value in batch.items()}
+      row_batch["valid"] = jnp.ones((1,), bool)
+      inputs = objectives.LossInputs(
+          embeddings=e[b:b + 1], logits=None, batch=row_batch, num_classes=4,
+          bank=banklib.BankView(centres, centre_labels, None))
+      rows.append(objectives.get_objective("nngk").loss(inputs, config))
+    return jnp.stack(rows)
 
   want = losses.gaussian_kernel_loss(
       emb, batch["label"], centres, centre_labels, batch["neighbour_idx"],

@@ -17,7 +17,9 @@ import types
 import numpy as np
 import pytest
 
+from nngk_jax import configs
 from nngk_jax import data as datalib
+from nngk_jax import state as statelib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
@@ -127,7 +129,7 @@ def test_our_config_matches_the_pml_run():
   assert config.eval_every >= config.num_epochs  # final evaluation only
   assert not config.progress
   # "objective": the recipe's own choice (the glyph recipe normalises).
-  recipe = peer.train.load_config(peer.base_config_path())
+  recipe = peer.configs.load_config(peer.base_config_path())
   assert config.model.normalize == recipe.model.normalize
   assert _config(ours_normalize="all").model.normalize
   assert dict(config.optimizer.lr_multipliers) == {"^proxies$": 100.0}
@@ -137,7 +139,7 @@ def test_our_config_matches_the_pml_run():
 def test_our_config_trains_proxies_at_the_multiplier():
   import jax.numpy as jnp
   from nngk_jax import train
-  tx = train.make_optimizer(_config(lr=1e-3, proxy_lr_multiplier=100.0))
+  tx = statelib.make_optimizer(_config(lr=1e-3, proxy_lr_multiplier=100.0))
   params = {"proxies": jnp.ones(3), "embedding": {"kernel": jnp.ones(3)}}
   updates, _ = tx.update(params, tx.init(params), params)
   # Adam's first step moves each parameter by its learning rate.

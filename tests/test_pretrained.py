@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from nngk_jax import configs
+from nngk_jax import data as datalib
 from nngk_jax import models
 from nngk_jax import pretrained
 from nngk_jax import resnet
+from nngk_jax import state as statelib
 
 # torchvision's layouts: blocks per stage, and whether blocks are
 # bottlenecks (1x1, 3x3, 1x1 with 4x expansion) or basic (3x3, 3x3).
@@ -286,8 +289,8 @@ def test_variables_without_a_backbone_are_a_clear_error(resnet18_file):
 @pytest.mark.parametrize("recipe", ["paper", "strong"])
 def test_recipes_load_and_follow_the_paper(dataset, recipe):
   from nngk_jax import train
-  root = train.CONFIG_DIR
-  config = train.load_config(root / f"{dataset}.py", recipe)
+  root = configs.CONFIG_DIR
+  config = configs.load_config(root / f"{dataset}.py", recipe)
   assert config.dataset == dataset
   if recipe == "paper":  # methods.md section 1, the authors' code
     assert (config.model.backbone, config.model.embed_dim) == ("resnet18", None)
@@ -298,7 +301,7 @@ def test_recipes_load_and_follow_the_paper(dataset, recipe):
   else:
     assert config.model.backbone == "resnet50"
   with pytest.raises(ValueError, match="unknown recipe"):
-    train.load_config(root / f"{dataset}.py", "fast")
+    configs.load_config(root / f"{dataset}.py", "fast")
 
 
 def test_missing_weights_file_stops_with_instructions(tiny_config, tmp_path):
@@ -315,7 +318,7 @@ def test_paper_recipe_trains_from_pretrained_weights(resnet18_file, fake_tfds,
   """The paper recipe, shrunk to 32 px and 1 epoch, on fake CUB data."""
   from nngk_jax import train
   state_dict, path = resnet18_file
-  config = train.load_config(train.CONFIG_DIR / "cub.py", "paper")
+  config = configs.load_config(configs.CONFIG_DIR / "cub.py", "paper")
   config.model.pretrained = str(path)
   config.data.check_counts = False
   config.data.pipeline.update({"resize": 36, "crop": 32, "num_threads": 2})
@@ -327,18 +330,18 @@ def test_paper_recipe_trains_from_pretrained_weights(resnet18_file, fake_tfds,
   config.progress = False
   config.nmi = False
   with fake_tfds("cub"):
-    ds = train.datalib.load_dataset("cub", **config.data)
-    model = train.build_model(config, ds.train.num_classes)
-    state = train.create_train_state(jax.random.key(0), config, model,
-                                     ds.train)
-    loaded = train.load_pretrained(state, config)
+    ds = datalib.load_dataset("cub", **config.data)
+    _, _, state = train.init_run(config, ds)
+    loaded = statelib.load_pretrained(state, config)
     np.testing.assert_allclose(
         loaded.params["backbone"]["conv1"]["kernel"],
         state_dict["conv1.weight"].transpose(2, 3, 1, 0), rtol=1e-6)
     np.testing.assert_allclose(
         loaded.batch_stats["backbone"]["bn1"]["mean"],
         state_dict["bn1.running_mean"], rtol=1e-6)
-    assert loaded.centres.shape == (len(ds.train), 512)  # no head: 512-d
+    assert loaded.bank.centres.shape == (len(ds.train), 512)  # no head: 512-d
+    np.testing.assert_array_equal(loaded.params["bank"]["log_weights"],
+                                  state.params["bank"]["log_weights"])
     metrics = train.train_and_evaluate(config, tmp_path)
     _, _, trained = train.load_trained(tmp_path)
   assert 0 <= metrics["recall@1"] <= 1

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from nngk_jax import cli
 from nngk_jax import data as datalib
 from nngk_jax import train
 
@@ -73,7 +74,7 @@ def test_missing_benchmark_stops_with_command(tiny_config, tmp_path):
 
 
 def test_cli_missing_benchmark_exit_code(tmp_path, capsys):
-  code = train.main(["--dataset", "cars196", "--workdir", str(tmp_path / "r"),
+  code = cli.main(["--dataset", "cars196", "--workdir", str(tmp_path / "r"),
                      f"data.data_dir={str(tmp_path / 'tfds')!r}"])
   assert code == 2
   err = capsys.readouterr().err

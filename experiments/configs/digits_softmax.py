@@ -1,15 +1,4 @@
-r"""Softmax baseline on digits (metric-learning protocol), same backbone.
+"""Kept for command lines that name this path: the config lives in
+``nngk_jax/configs/digits_softmax.py`` (shipped with the package)."""
 
-Run:      python -m nngk_jax.train --config experiments/configs/digits_softmax.py \
-              --workdir runs/digits_softmax
-Time:     under a minute on a 2-core CPU.
-Expected: see docs/results.md; behind NNGK on MAP@R and NMI.
-"""
-
-from experiments.configs import digits
-
-
-def get_config():
-  config = digits.get_config()
-  config.objective = "softmax"
-  return config
+from nngk_jax.configs.digits_softmax import get_config  # noqa: F401

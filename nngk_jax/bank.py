@@ -1,0 +1,323 @@
+r"""The centre bank: NNGK's kernel centres as one component.
+
+Every training embedding is a Gaussian kernel centre (methods.md §1). A
+:class:`CentreBank` owns everything about those centres:
+
+* their **arrays**, a :class:`BankState` pytree kept in the train state and
+  checkpointed with it: ``centres`` ``[N, D]`` (the training split embedded at
+  the last refresh; no gradient flows into them) and ``labels`` ``[N]``;
+* their **trainable parameters**, ``params["bank"]`` in the train state:
+  the per-centre log-weights :math:`\theta_i` (:math:`w_i = e^{\theta_i}`),
+  trained by the one optimiser of the run with their own learning rate
+  (:meth:`CentreBank.optimizer`, placed by :func:`nngk_jax.state.make_optimizer`);
+* the **neighbour graph** over the centres and its backend (host side,
+  PyNNDescent or exact; rebuilt after each refresh and on resume, never
+  saved);
+* its **schedule** (refresh every ``refresh_every`` epochs) and its
+  **statistics** (seconds, share of centres without a same-class neighbour,
+  spread of the log-weights) for the run's history.
+
+The trainer knows nothing of centres: an objective that needs a bank builds
+one through its ``make_bank`` hook (:mod:`nngk_jax.objectives`), and the loop
+calls four methods, one data flow each::
+
+    refresh   (host, start of an epoch)  embed train split -> centres -> graph
+    batch_extras  (host, every batch)    batch["index"] -> neighbour rows
+    view          (in jit, every step)   state.bank, params["bank"] -> BankView
+    after_step    (in jit, every step)   optional update of the batch's centres
+
+Room for the review's extensions, each a subclass overriding a method or two:
+trainable centres (impostor networks: move ``centres`` into
+:meth:`init_params` and read them in :meth:`view`), centres added and dropped
+(continual learning: a new :class:`BankState` of another size from
+:meth:`refresh`), a compressed store (OPQ: codes in the state, decoded in
+:meth:`view`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nngk_jax import checks
+from nngk_jax import neighbours as neighbourlib
+
+__all__ = ["BankState", "BankView", "CentreBank", "missing_positive_fraction",
+           "update_batch_centres"]
+
+
+@flax.struct.dataclass
+class BankState:
+  """The bank's arrays in the train state (checkpointed, donated by the step).
+
+  Attributes:
+    centres: ``[N, D]`` float32 stored embeddings of the training split.
+    labels: ``[N]`` int32 their labels.
+  """
+
+  centres: jax.Array
+  labels: jax.Array
+
+
+class BankView(NamedTuple):
+  """What a loss reads from the bank in one step.
+
+  Attributes:
+    centres: ``[N, D]`` kernel centres (gradient stopped for a stored bank).
+    labels: ``[N]`` int labels.
+    log_weights: ``[N]`` trainable :math:`\\theta`, or ``None`` (all
+      weights 1).
+  """
+
+  centres: jax.Array
+  labels: jax.Array
+  log_weights: jax.Array | None
+
+
+def update_batch_centres(centres: jax.Array, embeddings: jax.Array,
+                         index: jax.Array, valid: jax.Array, *,
+                         momentum: float) -> jax.Array:
+  r"""The bank with the batch's own centres moved toward their new embeddings.
+
+  .. math::
+    c_{i_b} \leftarrow m\, c_{i_b} + (1 - m)\, f(x_b)
+
+  for every valid row ``b`` of the batch (``index[b]`` its training
+  example). Between full refreshes this keeps the centres of the examples
+  just seen current, as the memory banks of scalable NCA (Wu et al., 2018)
+  do; ``momentum = 0`` replaces them outright. Config:
+  ``nngk.batch_centre_momentum`` (``None``: off, the paper's weak update).
+
+  Args:
+    centres: ``[N, D]`` bank.
+    embeddings: ``[batch, D]`` the batch's embeddings (no gradient).
+    index: ``[batch]`` int rows of ``centres``; distinct among valid rows.
+    valid: ``[batch]`` bool; invalid rows leave the bank as it is.
+    momentum: weight of the old centre, in ``[0, 1]``.
+
+  Returns:
+    ``[N, D]`` the updated bank.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> bank = update_batch_centres(jnp.zeros((3, 1)), jnp.ones((2, 1)),
+    ...     jnp.array([2, 0]), jnp.array([True, False]), momentum=0.5)
+    >>> bank[:, 0].tolist()
+    [0.0, 0.0, 0.5]
+  """
+  old = centres[index]
+  new = momentum * old + (1.0 - momentum) * embeddings.astype(centres.dtype)
+  return centres.at[index].set(jnp.where(valid[:, None], new, old))
+
+
+def missing_positive_fraction(graph: neighbourlib.NeighbourGraph,
+                              centre_labels: np.ndarray) -> float:
+  """Share of centres with no same-class centre among their neighbours.
+
+  Examples:
+    >>> import numpy as np
+    >>> g = neighbourlib.NeighbourGraph(np.array([[1], [0], [0]], np.int32),
+    ...                                 np.ones((3, 1), bool))
+    >>> missing_positive_fraction(g, np.array([0, 0, 1]))
+    0.3333333333333333
+  """
+  return float(np.mean(~_has_positive(graph, centre_labels)))
+
+
+def _has_positive(graph: neighbourlib.NeighbourGraph,
+                  centre_labels: np.ndarray) -> np.ndarray:
+  """``[N]`` bool: centre ``i`` has a same-class centre among its neighbours."""
+  same = centre_labels[graph.indices] == centre_labels[:, None]
+  return (same & graph.mask).any(axis=1)
+
+
+class CentreBank:
+  """Kernel centres, their labels, weights and neighbour graph (module doc).
+
+  Args:
+    labels: ``[N]`` int labels of the training split (one centre each).
+    dim: embedding size ``D``.
+    k: neighbours per example in each batch (``None``: no graph, e.g. vMF,
+      which reads the whole bank).
+    graph_backend: ``nngk_jax.neighbours`` backend name.
+    refresh_every: epochs between refreshes (>= 1).
+    num_same_class: nearest same-class centres appended to each graph row.
+    batch_centre_momentum: ``None`` (off) or the momentum of
+      :func:`update_batch_centres`, applied after every step.
+    log_weights: train per-centre log-weights (``False``: all weights 1).
+    weights_learning_rate: their Adam learning rate.
+    seed: seed of the approximate graph.
+  """
+
+  def __init__(self, labels: np.ndarray, dim: int, *, k: int | None = None,
+               graph_backend: str = "pynndescent", refresh_every: int = 1,
+               num_same_class: int = 0,
+               batch_centre_momentum: float | None = None,
+               log_weights: bool = False,
+               weights_learning_rate: float = 1e-3, seed: int = 0):
+    self.labels = np.asarray(labels, np.int32)
+    self.dim = checks.positive_int("embedding size", dim)
+    if k is not None:
+      checks.positive_int("nngk.k", k)
+      if k >= len(self.labels):
+        raise ValueError(
+            f"nngk.k={k} neighbours need a bank of more than {k} centres, but "
+            f"the training split has {len(self.labels)} images; lower nngk.k")
+    self.k = k
+    self.graph_backend = graph_backend
+    self.refresh_every = checks.positive_int("nngk.refresh_every",
+                                             refresh_every)
+    self.num_same_class = num_same_class
+    if batch_centre_momentum is not None and not (
+        0.0 <= batch_centre_momentum <= 1.0):
+      raise ValueError(f"nngk.batch_centre_momentum must lie in [0, 1] (or be "
+                       f"None), got {batch_centre_momentum}")
+    self.batch_centre_momentum = batch_centre_momentum
+    self.learns_weights = bool(log_weights)
+    if self.learns_weights and not weights_learning_rate > 0:
+      raise ValueError(f"nngk.weights_learning_rate must be positive, got "
+                       f"{weights_learning_rate}")
+    self.weights_learning_rate = weights_learning_rate
+    self.seed = seed
+    self.graph: neighbourlib.NeighbourGraph | None = None
+    self._has_positive: np.ndarray | None = None
+
+  @classmethod
+  def from_config(cls, config: Any, labels: np.ndarray, dim: int, *,
+                  graph: bool = True, weights: bool = True) -> "CentreBank":
+    """The bank of ``config.nngk`` (``graph``/``weights``: what the loss uses)."""
+    nngk = config.nngk
+    return cls(labels, dim, k=nngk.k if graph else None,
+               graph_backend=nngk.graph_backend,
+               refresh_every=nngk.refresh_every,
+               num_same_class=nngk.get("num_same_class", 0),
+               batch_centre_momentum=nngk.get("batch_centre_momentum"),
+               log_weights=weights and nngk.get("learn_weights", True),
+               weights_learning_rate=nngk.get("weights_learning_rate", 1e-3),
+               seed=config.seed)
+
+  @property
+  def num_centres(self) -> int:
+    return len(self.labels)
+
+  # -- state, parameters and optimiser --------------------------------------
+
+  def init_state(self) -> BankState:
+    """Zero centres (filled by the first refresh) and the labels."""
+    return BankState(
+        centres=jnp.zeros((self.num_centres, self.dim), jnp.float32),
+        labels=jnp.asarray(self.labels))
+
+  def init_params(self) -> dict[str, jax.Array]:
+    """The bank's trainable parameters (``params["bank"]``), maybe empty."""
+    if not self.learns_weights:
+      return {}
+    return {"log_weights": jnp.zeros((self.num_centres,), jnp.float32)}
+
+  def optimizer(self) -> optax.GradientTransformation:
+    """The transform of ``params["bank"]``: Adam at its own learning rate."""
+    return optax.adam(self.weights_learning_rate)
+
+  # -- host side -------------------------------------------------------------
+
+  def due(self, epoch: int) -> bool:
+    """Whether the centres are refreshed at the start of ``epoch`` (0-based)."""
+    return epoch % self.refresh_every == 0
+
+  def refresh(self, state: BankState, epoch: int,
+              embed_train: Callable[[], np.ndarray]) -> tuple[BankState, dict]:
+    """Start of ``epoch``: refresh the centres when due, then the graph.
+
+    Args:
+      state: the bank's arrays.
+      epoch: 0-based epoch about to run.
+      embed_train: returns the ``[N, D]`` eval-mode embeddings of the
+        training split, in split order (called only when a refresh is due).
+
+    Returns:
+      ``(state, record)``: the new arrays and what happened, for the
+      run's history (``refresh_seconds``, ``graph_seconds``,
+      ``missing_positive_fraction``).
+
+    Raises:
+      checks.TrainingDivergedError: an embedding is NaN or infinite.
+    """
+    record: dict[str, float] = {}
+    if self.due(epoch):
+      start = time.perf_counter()
+      centres = np.asarray(embed_train())
+      checks.check_finite_rows(
+          "centre embeddings", centres, f"at the refresh of epoch {epoch + 1}",
+          error=checks.TrainingDivergedError, advice=checks.DIVERGED_ADVICE)
+      if centres.shape != (self.num_centres, self.dim):
+        raise ValueError(f"embed_train returned shape {centres.shape}, "
+                         f"expected {(self.num_centres, self.dim)}")
+      state = state.replace(centres=jnp.asarray(centres, jnp.float32))
+      record["refresh_seconds"] = time.perf_counter() - start
+      self.graph = None
+    if self.graph is None and self.k is not None:  # after a refresh or resume
+      start = time.perf_counter()
+      self.graph = neighbourlib.build_neighbour_graph(
+          np.asarray(state.centres), k=self.k, backend=self.graph_backend,
+          centre_labels=self.labels, num_same_class=self.num_same_class,
+          seed=self.seed)
+      self._has_positive = _has_positive(self.graph, self.labels)
+      record["graph_seconds"] = time.perf_counter() - start
+      record["missing_positive_fraction"] = float(
+          np.mean(~self._has_positive))
+    return state, record
+
+  def batch_extras(self, index: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-batch arrays for the loss: graph rows of the batch's examples.
+
+    Returns ``neighbour_idx`` ``[batch, width]`` int32, ``neighbour_mask``
+    ``[batch, width]`` bool and ``has_positive`` ``[batch]`` bool (a
+    same-class centre is among the row); empty without a graph.
+    """
+    if self.k is None:
+      return {}
+    if self.graph is None:
+      raise RuntimeError("CentreBank.batch_extras before refresh(): no graph")
+    index = np.asarray(index)
+    neighbour_idx, neighbour_mask = self.graph.rows(index)
+    return {"neighbour_idx": neighbour_idx, "neighbour_mask": neighbour_mask,
+            "has_positive": self._has_positive[index]}
+
+  def statistics(self, params: dict[str, Any]) -> dict[str, float]:
+    """Spread of the log-weights :math:`\\theta` in ``params["bank"]``."""
+    if not self.learns_weights:
+      return {}
+    theta = np.asarray(params["bank"]["log_weights"])
+    return {"log_weight_std": float(theta.std()),
+            "log_weight_min": float(theta.min()),
+            "log_weight_max": float(theta.max())}
+
+  # -- inside jit ------------------------------------------------------------
+
+  def view(self, state: BankState, params: dict[str, Any]) -> BankView:
+    """What the loss reads: stored centres (no gradient) and weights."""
+    return BankView(
+        centres=jax.lax.stop_gradient(state.centres), labels=state.labels,
+        log_weights=(params["bank"]["log_weights"] if self.learns_weights
+                     else None))
+
+  def after_step(self, state: BankState, embeddings: jax.Array,
+                 batch: dict[str, jax.Array]) -> BankState:
+    """The batch's centres after a step (unchanged unless momentum is set)."""
+    if self.batch_centre_momentum is None:
+      return state
+    return state.replace(centres=update_batch_centres(
+        state.centres, jax.lax.stop_gradient(embeddings), batch["index"],
+        batch["valid"], momentum=self.batch_centre_momentum))
+
+  def log_weights(self, params: dict[str, Any]) -> np.ndarray | None:
+    """Host copy of the log-weights (``None`` when not learned)."""
+    if not self.learns_weights:
+      return None
+    return np.asarray(params["bank"]["log_weights"])

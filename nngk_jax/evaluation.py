@@ -1,0 +1,160 @@
+"""Evaluation of a trained state: retrieval metrics and the kernel classifier.
+
+Host side (NumPy around one jitted embedding function): embed a split in
+eval mode, score it in the objective's geometry
+(:func:`nngk_jax.objectives.evaluation_geometry`), and, for the
+classification protocol, classify test images by the NNGK vote of their
+nearest training centres (:func:`kernel_classify`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nngk_jax import bank as banklib
+from nngk_jax import checks
+from nngk_jax import data as datalib
+from nngk_jax import loss as losses
+from nngk_jax import metrics as metriclib
+from nngk_jax import neighbours as neighbourlib
+from nngk_jax import objectives
+from nngk_jax.state import TrainState
+
+__all__ = ["RAW_PIXEL_LIMIT", "embed_split", "evaluate", "in_geometry",
+           "kernel_classify", "raw_pixel_metrics"]
+
+# Raw-pixel baselines are computed for in-memory test splits up to this many
+# values (images x pixels x channels): 60 M floats, 240 MB.
+RAW_PIXEL_LIMIT = 60_000_000
+
+
+@functools.lru_cache(maxsize=8)
+def _embed_fn(apply_fn):
+  @jax.jit
+  def embed(variables, images):
+    return apply_fn(variables, images, train=False)
+  return embed
+
+
+def embed_split(state: TrainState, split: datalib.Split,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+  """Eval-mode embeddings (and logits) of a whole split, in split order.
+
+  Returns:
+    ``(embeddings [N, D], logits [N, C] or None)`` as numpy arrays.
+  """
+  embed = _embed_fn(state.apply_fn)
+  variables = state.network_variables()
+  batch_size = min(batch_size, len(split))
+  embeddings, logits = [], []
+  for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
+                                       shuffle=False, drop_last=False):
+    emb, lg = embed(variables, batch["image"])
+    keep = batch["valid"]
+    embeddings.append(np.asarray(emb)[keep])
+    if lg is not None:
+      logits.append(np.asarray(lg)[keep])
+  return (np.concatenate(embeddings),
+          np.concatenate(logits) if logits else None)
+
+
+def in_geometry(embeddings: np.ndarray, geometry: str) -> np.ndarray:
+  """``embeddings`` as scored in ``geometry`` (cosine: L2-normalised rows)."""
+  if geometry == "euclidean":
+    return embeddings
+  norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+  return embeddings / np.maximum(norms, 1e-12)
+
+
+def evaluate(state: TrainState, dataset: datalib.Dataset, config,
+             bank: banklib.CentreBank | None = None) -> dict:
+  """Retrieval metrics on the test split, plus accuracies for classification.
+
+  Metric protocol (test classes unseen in training): Recall@K, MAP@R,
+  R-precision and NMI, each test embedding queried against the others, in
+  the objective's geometry (:func:`nngk_jax.objectives.evaluation_geometry`:
+  cosine objectives are scored on L2-normalised embeddings); the result
+  records it as ``"geometry"``. Classification protocol: the same retrieval
+  metrics, plus the accuracy of the kernel classifier (test embedding
+  against freshly embedded training centres, ``classifier_k`` nearest, NNGK
+  vote with the ``bank``'s learned weights if any, in the same geometry)
+  and, with a classifier head, of the softmax head.
+  """
+  geometry = objectives.evaluation_geometry(config)
+  test_emb, test_logits = embed_split(state, dataset.test,
+                                      config.eval_batch_size)
+  checks.check_finite_rows("test embeddings", test_emb, "at evaluation",
+                           error=checks.TrainingDivergedError,
+                           advice=checks.DIVERGED_ADVICE)
+  test_emb = in_geometry(test_emb, geometry)
+  results = metriclib.retrieval_metrics(
+      test_emb, dataset.test.labels, recall_ks=tuple(config.recall_ks),
+      nmi=config.nmi, seed=config.seed,
+      search=config.get("eval_search", "exact"),
+      nmi_method=config.get("nmi_method", "auto"))
+  results["geometry"] = geometry
+  if dataset.protocol == "classification":
+    train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)
+    predicted = kernel_classify(
+        in_geometry(train_emb, geometry), dataset.train.labels, test_emb,
+        num_classes=dataset.train.num_classes, k=config.classifier_k,
+        sigma=config.nngk.sigma,
+        centre_log_weights=(bank.log_weights(state.params)
+                            if bank is not None else None))
+    results["kernel_accuracy"] = metriclib.accuracy(predicted,
+                                                    dataset.test.labels)
+    if test_logits is not None:
+      results["softmax_accuracy"] = metriclib.accuracy(
+          test_logits.argmax(axis=1), dataset.test.labels)
+  return results
+
+
+def kernel_classify(centres: np.ndarray, centre_labels: np.ndarray,
+                    queries: np.ndarray, *, num_classes: int, k: int,
+                    sigma: float, centre_log_weights: np.ndarray | None = None,
+                    backend: str = "exact") -> np.ndarray:
+  """NNGK kernel classifier: ``argmax_c p(c|x)`` over the k nearest centres.
+
+  Args:
+    centres: ``[N, D]`` training embeddings.
+    centre_labels: ``[N]`` int.
+    queries: ``[Q, D]`` embeddings to classify.
+    num_classes: number of classes.
+    k: neighbours per query (capped at ``N``).
+    sigma: kernel width.
+    centre_log_weights: optional ``[N]`` theta.
+    backend: neighbour search backend (``nngk_jax.neighbours``).
+
+  Returns:
+    ``[Q]`` int predicted classes.
+  """
+  k = min(k, len(centres))
+  idx = neighbourlib.query_neighbours(centres, queries, k=k, backend=backend)
+  log_probs = losses.kernel_class_log_probs(
+      jnp.asarray(queries), jnp.asarray(centres),
+      jnp.asarray(centre_labels, jnp.int32), jnp.asarray(idx),
+      num_classes=num_classes, sigma=sigma,
+      centre_log_weights=(None if centre_log_weights is None
+                          else jnp.asarray(centre_log_weights)))
+  return np.asarray(jnp.argmax(log_probs, axis=1))
+
+
+def raw_pixel_metrics(dataset: datalib.Dataset, config) -> dict | None:
+  """The test split's retrieval metrics on its raw pixels (the baseline).
+
+  Each test image, flattened, is a query against the others by Euclidean
+  distance, scored as the learned embeddings are (no NMI). ``None`` when
+  the test split is not an in-memory array split or holds more than
+  ``RAW_PIXEL_LIMIT`` values (decoded benchmarks).
+  """
+  images = getattr(dataset.test, "images", None)
+  if not isinstance(images, np.ndarray) or images.size > RAW_PIXEL_LIMIT:
+    return None
+  flat = images.reshape(len(images), -1).astype(np.float32)
+  return metriclib.retrieval_metrics(
+      flat, dataset.test.labels, recall_ks=tuple(config.recall_ks), nmi=False,
+      seed=config.seed)
