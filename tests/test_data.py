@@ -1,4 +1,4 @@
-"""Tests for nngk_jax.data: splits, loaders and batch iteration."""
+"""Tests for nngk_jax.data: splits, datasets, loaders and names."""
 
 from __future__ import annotations
 
@@ -290,61 +290,3 @@ def test_unknown_name():
   with pytest.raises(ValueError, match="takes no"):
     data.load_dataset("digits:foo")
   assert "digits" in data.DATASETS and "folder" in data.DATASETS
-
-
-# ----------------------------------------------------------------------------
-# Batches.
-
-
-def test_iterate_batches_covers_epoch_once():
-  split = _small_split(n=10)
-  batches = list(data.iterate_batches(split, 4, seed=0, epoch=0,
-                                      drop_last=False))
-  assert len(batches) == data.num_batches(split, 4, drop_last=False) == 3
-  assert all(b["image"].shape == (4, 2, 2, 1) for b in batches)
-  valid = np.concatenate([b["valid"] for b in batches])
-  seen = np.concatenate([b["index"] for b in batches])[valid]
-  np.testing.assert_array_equal(np.sort(seen), np.arange(10))
-  # Padding: the last batch's two extra rows repeat its last real example.
-  last = batches[-1]
-  np.testing.assert_array_equal(last["valid"], [True, True, False, False])
-  assert np.all(last["index"][2:] == last["index"][1])
-
-
-def test_iterate_batches_rows_match_split():
-  split = _small_split(n=10)
-  for batch in data.iterate_batches(split, 3, seed=4, epoch=2):
-    np.testing.assert_array_equal(batch["image"], split.images[batch["index"]])
-    np.testing.assert_array_equal(batch["label"], split.labels[batch["index"]])
-    assert batch["valid"].all()
-
-
-def test_iterate_batches_order_is_function_of_seed_and_epoch():
-  split = _small_split(n=50)
-
-  def order(seed, epoch):
-    return np.concatenate([b["index"] for b in data.iterate_batches(
-        split, 10, seed=seed, epoch=epoch)])
-
-  np.testing.assert_array_equal(order(0, 3), order(0, 3))
-  assert not np.array_equal(order(0, 3), order(0, 4))
-  assert not np.array_equal(order(0, 3), order(1, 3))
-  unshuffled = np.concatenate([b["index"] for b in data.iterate_batches(
-      split, 10, seed=0, epoch=0, shuffle=False)])
-  np.testing.assert_array_equal(unshuffled, np.arange(50))
-
-
-def test_iterate_batches_drop_last():
-  split = _small_split(n=10)
-  batches = list(data.iterate_batches(split, 4, seed=0, epoch=0))
-  assert len(batches) == data.num_batches(split, 4) == 2
-  assert len(np.unique(np.concatenate([b["index"] for b in batches]))) == 8
-  with pytest.raises(ValueError, match=r"batch_size 11 .*10 examples"):
-    list(data.iterate_batches(split, 11, seed=0, epoch=0))
-  # Without drop_last a batch larger than the split is one padded batch.
-  (only,) = data.iterate_batches(split, 11, seed=0, epoch=0, drop_last=False)
-  assert only["valid"].sum() == 10
-  with pytest.raises(ValueError, match="batch_size"):
-    data.num_batches(split, 0)
-  with pytest.raises(ValueError, match="epoch"):
-    list(data.iterate_batches(split, 2, seed=0, epoch=-1))

@@ -1,4 +1,4 @@
-"""Tests for the image input pipeline (nngk_jax.pipeline)."""
+"""Tests for the image input pipeline (nngk_jax.data.pipeline)."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from nngk_jax import data
-from nngk_jax import pipeline
+from nngk_jax.data import pipeline
 
 
 def _coded_image(height=12, width=20):
@@ -133,6 +133,12 @@ def _split(num=10, **options):
   return pipeline.ImageSplit(records, labels, ("a", "b"),
                              pipeline.ImageTransform(resize=12, crop=8),
                              options=pipeline.LoaderOptions(**options))
+
+
+def test_image_split_is_split_like():
+  split = _split()
+  assert isinstance(split, data.SplitLike)
+  assert not isinstance(split, data.Split)
 
 
 def test_split_checks_labels():
