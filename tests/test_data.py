@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from nngk_jax import data
+from nngk_jax.data import splits
 
 # ----------------------------------------------------------------------------
 # Fixtures.
@@ -290,3 +291,29 @@ def test_unknown_name():
   with pytest.raises(ValueError, match="takes no"):
     data.load_dataset("digits:foo")
   assert "digits" in data.DATASETS and "folder" in data.DATASETS
+
+
+# ----------------------------------------------------------------------------
+# Label remapping.
+
+
+def test_remap_labels_sorted_by_default():
+  new, classes = splits.remap_labels(np.array([7, 3, 7, 9]))
+  np.testing.assert_array_equal(new, [1, 0, 1, 2])
+  np.testing.assert_array_equal(classes, [3, 7, 9])
+  assert new.dtype == np.int32
+  np.testing.assert_array_equal(classes[new], [7, 3, 7, 9])
+
+
+def test_remap_labels_to_given_classes():
+  new, classes = splits.remap_labels([8, 5, 8], classes=[8, 6, 5])
+  np.testing.assert_array_equal(new, [0, 2, 0])  # class 6 has no example
+  np.testing.assert_array_equal(classes[new], [8, 5, 8])
+  empty, _ = splits.remap_labels(np.zeros(0, int), classes=[1, 2])
+  assert empty.shape == (0,) and empty.dtype == np.int32
+  with pytest.raises(ValueError, match=r"label 4 \(example 1\) is not one"):
+    splits.remap_labels([5, 4], classes=[5, 6])
+  with pytest.raises(ValueError, match=r"label 9 \(example 0\)"):
+    splits.remap_labels([9], classes=[5, 6])
+  with pytest.raises(ValueError, match="duplicates"):
+    splits.remap_labels([5], classes=[5, 5])

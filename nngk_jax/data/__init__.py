@@ -10,8 +10,8 @@ epoch)``, so that a resumed run replays the same batches.
 
 The modules import one way, each only from those above it::
 
-    splits      errors, PROTOCOLS, check_labels, Split, SplitLike, Dataset,
-                build_dataset
+    splits      errors, PROTOCOLS, check_labels, remap_labels, Split,
+                SplitLike, Dataset, build_dataset
     benchmarks  the TFDS benchmarks, their files and data dirs
     samplers    SAMPLERS, num_batches, iterate_batches,
                 iterate_class_balanced_batches           (splits)

@@ -35,6 +35,7 @@ __all__ = [
     "build_dataset",
     "check_fraction",
     "check_labels",
+    "remap_labels",
 ]
 
 PROTOCOLS = ("metric", "classification")
@@ -373,11 +374,45 @@ def _keep_per_class(labels: np.ndarray, class_names: Sequence[str], n: int,
   return np.sort(np.concatenate(keep))
 
 
-def _remap(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-  """Renumber ``labels`` (all in ``classes``) to positions in ``classes``."""
-  lookup = np.full(int(max(classes)) + 1, -1, np.int64)
-  lookup[np.asarray(classes)] = np.arange(len(classes))
-  return lookup[labels]
+def remap_labels(labels: Sequence[int] | np.ndarray,
+                 classes: Sequence[int] | np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Renumbers labels ``0..C-1`` by their position in ``classes``.
+
+  Args:
+    labels: ``[num_examples]`` integer labels.
+    classes: the ``C`` distinct original labels, in the new order; a class
+      may have no example. None: the labels present, sorted.
+
+  Returns:
+    ``(new_labels, classes)``: int32 labels in ``[0, C)`` and the ``C``
+    original labels as an array, so ``classes[new_labels] == labels``.
+
+  Raises:
+    ValueError: ``classes`` has duplicates, or a label is not one of them.
+
+  Examples:
+    >>> remap_labels(np.array([7, 3, 7]))
+    (array([1, 0, 1], dtype=int32), array([3, 7]))
+    >>> remap_labels([5, 7], classes=[5, 6, 7])[0]
+    array([0, 2], dtype=int32)
+  """
+  labels = np.asarray(labels)
+  if classes is None:
+    classes, inverse = np.unique(labels, return_inverse=True)
+    return inverse.astype(np.int32).reshape(-1), classes
+  classes = np.asarray(classes)
+  ordered, position = np.unique(classes, return_index=True)
+  if len(ordered) != len(classes):
+    raise ValueError(f"classes has duplicates: {classes.tolist()}")
+  where = np.searchsorted(ordered, labels)
+  known = where < len(ordered)
+  known[known] = ordered[where[known]] == labels[known]
+  if not np.all(known):
+    first = int(np.flatnonzero(~known)[0])
+    raise ValueError(f"label {labels[first]} (example {first}) is not one of "
+                     f"the classes {classes.tolist()}")
+  return position[where].astype(np.int32), classes
 
 
 def build_dataset(name: str, images: np.ndarray, labels: np.ndarray,
@@ -427,8 +462,8 @@ def build_dataset(name: str, images: np.ndarray, labels: np.ndarray,
     test_classes = list(range(num_train_classes, num_classes))
     train_idx = np.flatnonzero(labels < num_train_classes)
     test_idx = np.flatnonzero(labels >= num_train_classes)
-    train_labels = _remap(labels[train_idx], train_classes)
-    test_labels = _remap(labels[test_idx], test_classes)
+    train_labels, _ = remap_labels(labels[train_idx], train_classes)
+    test_labels, _ = remap_labels(labels[test_idx], test_classes)
     train_names = [class_names[c] for c in train_classes]
     test_names = [class_names[c] for c in test_classes]
     test = make_split(images[test_idx], test_labels, tuple(test_names))

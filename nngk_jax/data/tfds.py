@@ -37,7 +37,6 @@ __all__ = [
     "TfdsRecords",
     "load_benchmark",
     "load_benchmark_dataset",
-    "remap_labels",
     "split_by_class",
     "verify_counts",
 ]
@@ -77,24 +76,6 @@ def split_by_class(
     raise ValueError(f"label {int(labels[first])} (example {first}) is in "
                      f"neither class range of {rule}")
   return np.flatnonzero(in_train), np.flatnonzero(in_test)
-
-
-def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Maps labels to ``0..C-1`` in increasing order of the original label.
-
-  Args:
-    labels: ``[num_examples]`` integer labels.
-
-  Returns:
-    ``(new_labels, classes)``: int32 labels in ``[0, C)`` and the ``C``
-    original labels, sorted, so ``classes[new_labels] == labels``.
-
-  Examples:
-    >>> remap_labels(np.array([7, 3, 7]))
-    (array([1, 0, 1], dtype=int32), array([3, 7]))
-  """
-  classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
-  return inverse.astype(np.int32).reshape(-1), classes
 
 
 class TfdsRecords:
@@ -241,7 +222,7 @@ def load_benchmark(
   transform = transform or pipelib.ImageTransform()
   halves = []
   for pos in (train_pos, test_pos):
-    new_labels, classes = remap_labels(labels[pos])
+    new_labels, classes = splits.remap_labels(labels[pos])
     class_names = [names[c] if names else str(c) for c in classes]
     halves.append(pipelib.ImageSplit(
         TfdsRecords(sources, refs[pos]), new_labels, class_names, transform,
