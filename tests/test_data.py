@@ -180,7 +180,8 @@ def test_digits_few_shot():
   assert not np.array_equal(ds.train.images, other.train.images)
   with pytest.raises(ValueError, match=r"train_per_class=500 .*only"):
     data.load_dataset("digits", protocol="classification", train_per_class=500)
-  with pytest.raises(ValueError, match="positive integer"):
+  with pytest.raises(ValueError,
+                     match="train_per_class must be a positive integer, got 0"):
     data.load_dataset("digits", train_per_class=0)
 
 
@@ -259,6 +260,14 @@ def test_folder_empty_class_folder(tmp_path):
   (root / "empty" / "readme.txt").write_text("no images here")
   with pytest.raises(ValueError, match="empty"):
     data.load_image_folder(root)
+
+
+def test_folder_image_size_must_be_a_positive_integer(shapes_folder):
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError,
+                       match=rf"image_size must be a positive integer, got "
+                             rf"{bad!r}"):
+      data.load_image_folder(shapes_folder, image_size=bad)
 
 
 def test_folder_no_classes_or_one_class(tmp_path):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from nngk_jax import checks
 from nngk_jax.data import pipeline as pipelib
 from nngk_jax.data import splits
 
@@ -96,10 +97,7 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
   """
   root = pathlib.Path(path).expanduser()
   name = f"folder:{path}"
-  if isinstance(image_size, bool) or not isinstance(
-      image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"image_size must be a positive integer, got "
-                     f"{image_size!r}")
+  image_size = checks.positive_int("image_size", image_size)
   if not root.exists():
     raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
   if not root.is_dir():
@@ -140,7 +138,7 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
         name, paths, np.asarray(labels), class_names, protocol=protocol,
         test_fraction=test_fraction, seed=seed,
         train_per_class=train_per_class, make_split=make_split)
-  images = np.stack([_read_image(f, int(image_size)) for f in files])
+  images = np.stack([_read_image(f, image_size) for f in files])
   return splits.build_dataset(
       name, images, np.asarray(labels), class_names, protocol=protocol,
       test_fraction=test_fraction, seed=seed, train_per_class=train_per_class)

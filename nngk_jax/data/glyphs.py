@@ -86,6 +86,7 @@ from typing import Any
 
 import numpy as np
 
+from nngk_jax import checks
 from nngk_jax.data import splits
 
 __all__ = [
@@ -720,7 +721,7 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
   if protocol == "classification":
     splits.check_fraction(test_fraction)
   if train_per_class is not None:
-    _check_int(train_per_class, "train_per_class", 1)
+    checks.positive_int("train_per_class", train_per_class)
     if train_per_class > images_per_class:
       raise ValueError(f"train_per_class={train_per_class} is more than "
                        f"images_per_class={images_per_class}")

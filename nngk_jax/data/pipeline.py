@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from nngk_jax import checks
 from nngk_jax.data import splits
 
 __all__ = [
@@ -53,13 +54,6 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-def _positive_int(value: Any, what: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-      value < 1):
-    raise ValueError(f"{what} must be a positive integer, got {value!r}")
-  return int(value)
 
 
 def decode_image(record: Any, *, draft_size: int | None = None):
@@ -137,8 +131,8 @@ class ImageTransform:
   normalization: str = "unit"
 
   def __post_init__(self) -> None:
-    _positive_int(self.resize, "resize")
-    _positive_int(self.crop, "crop")
+    checks.positive_int("resize", self.resize)
+    checks.positive_int("crop", self.crop)
     if self.crop > self.resize:
       raise ValueError(f"crop={self.crop} must not exceed resize="
                        f"{self.resize}")
@@ -240,8 +234,8 @@ class LoaderOptions:
   prefetch: int = 256
 
   def __post_init__(self) -> None:
-    _positive_int(self.num_threads, "num_threads")
-    _positive_int(self.prefetch, "prefetch")
+    checks.positive_int("num_threads", self.num_threads)
+    checks.positive_int("prefetch", self.prefetch)
     if isinstance(self.num_workers, bool) or not isinstance(
         self.num_workers, (int, np.integer)) or self.num_workers < 0:
       raise ValueError(f"num_workers must be a non-negative integer, got "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from nngk_jax import checks
 from nngk_jax.data import splits
 
 __all__ = [
@@ -54,10 +55,7 @@ def num_batches(split: splits.SplitLike, batch_size: int,
 
 def _check_batch_size(split: splits.SplitLike, batch_size: int,
                       drop_last: bool) -> None:
-  if isinstance(batch_size, bool) or not isinstance(
-      batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got "
-                     f"{batch_size!r}")
+  checks.positive_int("batch_size", batch_size)
   if drop_last and batch_size > len(split):
     raise ValueError(
         f"batch_size {batch_size} is larger than the split ({len(split)} "

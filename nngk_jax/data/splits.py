@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from nngk_jax import checks
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -196,11 +198,11 @@ class Split:
     labels, class_names = check_labels(
         labels, self.class_names, require_every_class=self.require_every_class)
     images = images.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(images)):
-      finite_rows = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-      first = int(np.flatnonzero(~finite_rows)[0])
-      raise ValueError(f"images are not finite (NaN or inf), first at example "
-                       f"{first}")
+    if images.size:  # An empty split has no rows to check (nor reshape).
+      bad = checks.non_finite_rows(images)
+      if bad.any():
+        raise ValueError(f"images are not finite (NaN or inf), first at "
+                         f"example {int(np.argmax(bad))}")
     if images.size and (images.min() < -1.0 or images.max() > 1.0):
       raise ValueError(
           f"images must be normalised to [-1, 1], found values in "
@@ -360,8 +362,7 @@ def _stratified_split(labels: np.ndarray, test_fraction: float,
 def _keep_per_class(labels: np.ndarray, class_names: Sequence[str], n: int,
                     seed: int) -> np.ndarray:
   """Sorted positions of ``n`` examples per class, chosen with ``seed``."""
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"train_per_class must be a positive integer, got {n!r}")
+  n = checks.positive_int("train_per_class", n)
   rng = np.random.default_rng([seed, 1])  # independent of the split's stream
   keep = []
   for c, name in enumerate(class_names):
