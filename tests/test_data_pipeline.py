@@ -90,6 +90,14 @@ def test_imagenet_normalization():
                              rtol=1e-6)
 
 
+def test_imagenet_statistics_are_defined_once():
+  from nngk_jax import pretrained
+  assert pipeline.NORMALIZATIONS["imagenet"] == (pipeline.IMAGENET_MEAN,
+                                                 pipeline.IMAGENET_STD)
+  assert pretrained.IMAGENET_MEAN is pipeline.IMAGENET_MEAN
+  assert pretrained.IMAGENET_STD is pipeline.IMAGENET_STD
+
+
 def test_decode_kinds(tmp_path):
   grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
   assert np.asarray(pipeline.decode_image(grey)).shape == (3, 4, 3)

@@ -41,6 +41,8 @@ from nngk_jax import checks
 from nngk_jax.data import splits
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ImageSplit",
     "ImageTransform",
     "LoaderOptions",
@@ -49,10 +51,16 @@ __all__ = [
     "pipeline_from_options",
 ]
 
+# Per-channel (R, G, B) statistics of ImageNet, for images in [0, 1]: what
+# torchvision and timm weights were trained with (nngk_jax.pretrained uses
+# them too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # name -> (mean, std) per RGB channel, on pixels scaled to [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
 
 
