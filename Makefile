@@ -48,7 +48,7 @@ data: venv
 	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	esac
 	$(PY) -m pip install -q -r requirements-data.txt
-	$(PY) -m nngk_jax.prepare '$(DATASET)' $(if $(TFDS_DATA_DIR),--data-dir '$(TFDS_DATA_DIR)')
+	$(PY) -m nngk_jax.data.prepare '$(DATASET)' $(if $(TFDS_DATA_DIR),--data-dir '$(TFDS_DATA_DIR)')
 
 clean:
 	rm -rf runs .pytest_cache .numba_cache

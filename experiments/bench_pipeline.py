@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from nngk_jax import data
-from nngk_jax import pipeline
+from nngk_jax.data import pipeline
 
 
 def make_jpegs(num: int, width: int, height: int, seed: int = 0) -> list[bytes]:

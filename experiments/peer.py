@@ -140,14 +140,12 @@ def export_npz(dataset: datalib.Dataset, path: str | os.PathLike) -> pathlib.Pat
   arrays = {}
   for name in ("train", "test"):
     split = getattr(dataset, name)
-    images = getattr(split, "images", None)
-    if (not isinstance(images, np.ndarray) or images.ndim != 4
-        or not np.issubdtype(images.dtype, np.floating)):
+    if not isinstance(split, datalib.Split):
       raise ValueError(
           f"dataset {dataset.name!r}: make peer needs in-memory image arrays "
           f"(digits, glyphs, folder:PATH without a pipeline); its {name} "
           f"split is a {type(split).__name__}")
-    arrays[f"{name}_images"] = np.ascontiguousarray(images, np.float32)
+    arrays[f"{name}_images"] = np.ascontiguousarray(split.images, np.float32)
     arrays[f"{name}_labels"] = np.asarray(split.labels, np.int64)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,12 @@ Submodules:
   loss        pure, jit-able losses (``gaussian_kernel_loss``, ...)
   neighbours  host-side neighbour graph over the centre bank (PyNNDescent)
   knn         exact chunked k-nearest-neighbour search
-  data        datasets as random-access splits, batch iterators
-  pipeline    image input pipeline (decode, resize, crop, flip; grain)
-  tfds_data   CUB-200-2011, Cars196, SOP through tensorflow-datasets
-  prepare     ``make data``: download and prepare a benchmark
+  data        datasets by name as random-access splits, batch samplers;
+              its modules: splits, samplers, pipeline (image input
+              pipeline: decode, resize, crop, flip; grain), digits, glyphs,
+              folder, tfds (CUB-200-2011, Cars196, SOP through
+              tensorflow-datasets), benchmarks, registry, prepare
+              (``make data``: download and prepare a benchmark)
   models      backbones by name, embedding network
   resnet      ResNet-18 / ResNet-50 (torchvision layout)
   pretrained  ImageNet weights from torchvision / timm safetensors files

@@ -151,8 +151,10 @@ def raw_pixel_metrics(dataset: datalib.Dataset, config) -> dict | None:
   the test split is not an in-memory array split or holds more than
   ``RAW_PIXEL_LIMIT`` values (decoded benchmarks).
   """
-  images = getattr(dataset.test, "images", None)
-  if not isinstance(images, np.ndarray) or images.size > RAW_PIXEL_LIMIT:
+  if not isinstance(dataset.test, datalib.Split):
+    return None
+  images = dataset.test.images
+  if images.size > RAW_PIXEL_LIMIT:
     return None
   flat = images.reshape(len(images), -1).astype(np.float32)
   return metriclib.retrieval_metrics(

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from nngk_jax import bank as banklib
+from nngk_jax import data as datalib
 from nngk_jax import loss as losses
 
 __all__ = ["GEOMETRIES", "OBJECTIVES", "LossInputs", "Objective",
@@ -314,7 +315,7 @@ def evaluation_geometry(config: Any) -> str:
 
 def register(objective: Objective) -> Objective:
   """Adds ``objective`` to :data:`OBJECTIVES` (a new loss is one call)."""
-  if objective.sampler not in ("random", "class_balanced"):
+  if objective.sampler not in datalib.SAMPLERS:
     raise ValueError(f"unknown sampler {objective.sampler!r}")
   if objective.geometry not in GEOMETRIES:
     raise ValueError(f"unknown geometry {objective.geometry!r}; known: "

@@ -26,7 +26,8 @@ conversion step.
 ImageNet weights expect what they were trained on: RGB images scaled to
 ``[0, 1]``, then normalised per channel with the ImageNet mean
 :data:`IMAGENET_MEAN` and standard deviation :data:`IMAGENET_STD`
-(:func:`normalize_imagenet`). Without that, the pretrained features are far
+(:func:`normalize_imagenet`; both defined in :mod:`nngk_jax.data.pipeline`,
+whose ``"imagenet"`` normalisation uses them). Without that, the pretrained features are far
 off.
 
 Use::
@@ -51,13 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nngk_jax import resnet
+from nngk_jax.data.pipeline import IMAGENET_MEAN
+from nngk_jax.data.pipeline import IMAGENET_STD
 
 __all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "convert_torch_resnet",
            "load_backbone_weights", "normalize_imagenet"]
-
-# Per-channel (R, G, B) statistics of ImageNet, for images in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The architectures whose weights can be read: name -> Flax module.
 ARCHS = {"resnet18": resnet.ResNet18, "resnet50": resnet.ResNet50}

@@ -62,7 +62,6 @@ __all__ = [
 # Config fields that may change when a run is resumed from its workdir.
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
                     "nmi", "eval_search", "nmi_method")
-SAMPLERS = ("random", "class_balanced")
 
 
 def build_bank(config, dataset: datalib.Dataset,
@@ -144,9 +143,9 @@ def sampler_name(config) -> str:
   """
   name = config.get("sampler") or objectives.get_objective(
       config.objective).sampler
-  if name not in SAMPLERS:
-    raise ValueError(f"sampler must be one of {SAMPLERS} (or None for the "
-                     f"objective's own), got {name!r}")
+  if name not in datalib.SAMPLERS:
+    raise ValueError(f"sampler must be one of {datalib.SAMPLERS} (or None for "
+                     f"the objective's own), got {name!r}")
   return name
 
 

@@ -64,9 +64,9 @@ FAKE_LABELS = {
 
 def _fake_tfds(name):
   """mock_data serving FAKE_LABELS[name] with encoded images."""
-  from nngk_jax import tfds_data
+  from nngk_jax.data import benchmarks
   import tensorflow_datasets as tfds
-  bench = tfds_data.BENCHMARKS[name]
+  bench = benchmarks.BENCHMARKS[name]
 
   def as_data_source(builder, split, decoders=None, **kwargs):
     del builder, decoders, kwargs

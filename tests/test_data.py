@@ -1,4 +1,4 @@
-"""Tests for nngk_jax.data: splits, loaders and batch iteration."""
+"""Tests for nngk_jax.data: splits, datasets, loaders and names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from nngk_jax import data
+from nngk_jax.data import splits
 
 # ----------------------------------------------------------------------------
 # Fixtures.
@@ -179,7 +180,8 @@ def test_digits_few_shot():
   assert not np.array_equal(ds.train.images, other.train.images)
   with pytest.raises(ValueError, match=r"train_per_class=500 .*only"):
     data.load_dataset("digits", protocol="classification", train_per_class=500)
-  with pytest.raises(ValueError, match="positive integer"):
+  with pytest.raises(ValueError,
+                     match="train_per_class must be a positive integer, got 0"):
     data.load_dataset("digits", train_per_class=0)
 
 
@@ -260,6 +262,14 @@ def test_folder_empty_class_folder(tmp_path):
     data.load_image_folder(root)
 
 
+def test_folder_image_size_must_be_a_positive_integer(shapes_folder):
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError,
+                       match=rf"image_size must be a positive integer, got "
+                             rf"{bad!r}"):
+      data.load_image_folder(shapes_folder, image_size=bad)
+
+
 def test_folder_no_classes_or_one_class(tmp_path):
   (tmp_path / "bare").mkdir()
   with pytest.raises(ValueError, match="no class sub-folders"):
@@ -293,58 +303,26 @@ def test_unknown_name():
 
 
 # ----------------------------------------------------------------------------
-# Batches.
+# Label remapping.
 
 
-def test_iterate_batches_covers_epoch_once():
-  split = _small_split(n=10)
-  batches = list(data.iterate_batches(split, 4, seed=0, epoch=0,
-                                      drop_last=False))
-  assert len(batches) == data.num_batches(split, 4, drop_last=False) == 3
-  assert all(b["image"].shape == (4, 2, 2, 1) for b in batches)
-  valid = np.concatenate([b["valid"] for b in batches])
-  seen = np.concatenate([b["index"] for b in batches])[valid]
-  np.testing.assert_array_equal(np.sort(seen), np.arange(10))
-  # Padding: the last batch's two extra rows repeat its last real example.
-  last = batches[-1]
-  np.testing.assert_array_equal(last["valid"], [True, True, False, False])
-  assert np.all(last["index"][2:] == last["index"][1])
+def test_remap_labels_sorted_by_default():
+  new, classes = splits.remap_labels(np.array([7, 3, 7, 9]))
+  np.testing.assert_array_equal(new, [1, 0, 1, 2])
+  np.testing.assert_array_equal(classes, [3, 7, 9])
+  assert new.dtype == np.int32
+  np.testing.assert_array_equal(classes[new], [7, 3, 7, 9])
 
 
-def test_iterate_batches_rows_match_split():
-  split = _small_split(n=10)
-  for batch in data.iterate_batches(split, 3, seed=4, epoch=2):
-    np.testing.assert_array_equal(batch["image"], split.images[batch["index"]])
-    np.testing.assert_array_equal(batch["label"], split.labels[batch["index"]])
-    assert batch["valid"].all()
-
-
-def test_iterate_batches_order_is_function_of_seed_and_epoch():
-  split = _small_split(n=50)
-
-  def order(seed, epoch):
-    return np.concatenate([b["index"] for b in data.iterate_batches(
-        split, 10, seed=seed, epoch=epoch)])
-
-  np.testing.assert_array_equal(order(0, 3), order(0, 3))
-  assert not np.array_equal(order(0, 3), order(0, 4))
-  assert not np.array_equal(order(0, 3), order(1, 3))
-  unshuffled = np.concatenate([b["index"] for b in data.iterate_batches(
-      split, 10, seed=0, epoch=0, shuffle=False)])
-  np.testing.assert_array_equal(unshuffled, np.arange(50))
-
-
-def test_iterate_batches_drop_last():
-  split = _small_split(n=10)
-  batches = list(data.iterate_batches(split, 4, seed=0, epoch=0))
-  assert len(batches) == data.num_batches(split, 4) == 2
-  assert len(np.unique(np.concatenate([b["index"] for b in batches]))) == 8
-  with pytest.raises(ValueError, match=r"batch_size 11 .*10 examples"):
-    list(data.iterate_batches(split, 11, seed=0, epoch=0))
-  # Without drop_last a batch larger than the split is one padded batch.
-  (only,) = data.iterate_batches(split, 11, seed=0, epoch=0, drop_last=False)
-  assert only["valid"].sum() == 10
-  with pytest.raises(ValueError, match="batch_size"):
-    data.num_batches(split, 0)
-  with pytest.raises(ValueError, match="epoch"):
-    list(data.iterate_batches(split, 2, seed=0, epoch=-1))
+def test_remap_labels_to_given_classes():
+  new, classes = splits.remap_labels([8, 5, 8], classes=[8, 6, 5])
+  np.testing.assert_array_equal(new, [0, 2, 0])  # class 6 has no example
+  np.testing.assert_array_equal(classes[new], [8, 5, 8])
+  empty, _ = splits.remap_labels(np.zeros(0, int), classes=[1, 2])
+  assert empty.shape == (0,) and empty.dtype == np.int32
+  with pytest.raises(ValueError, match=r"label 4 \(example 1\) is not one"):
+    splits.remap_labels([5, 4], classes=[5, 6])
+  with pytest.raises(ValueError, match=r"label 9 \(example 0\)"):
+    splits.remap_labels([9], classes=[5, 6])
+  with pytest.raises(ValueError, match="duplicates"):
+    splits.remap_labels([5], classes=[5, 5])

@@ -40,7 +40,7 @@ def get_config(dataset: str, recipe: str = "paper") -> ml_collections.ConfigDict
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
   config = digits.get_config()
   config.dataset = dataset
-  # Passed to nngk_jax.tfds_data.load_benchmark_dataset.
+  # Passed to nngk_jax.data.tfds.load_benchmark_dataset.
   config.data = ml_collections.ConfigDict({
       "data_dir": None,          # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       "check_counts": True,      # fail when counts differ from the protocol

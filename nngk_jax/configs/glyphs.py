@@ -1,7 +1,7 @@
 r"""NNGK on the rendered-glyph benchmark: the default of `make train`.
 
 Characters rendered from the fonts bundled with matplotlib, with random
-affine distortion, blur and noise, 32x32 grey (``nngk_jax.glyphs``); the
+affine distortion, blur and noise, 32x32 grey (``nngk_jax.data.glyphs``); the
 classes are split in two disjoint halves: train on one, test retrieval on the
 other (metric-learning protocol). Nothing is downloaded: the images are
 generated on first use and cached.
@@ -24,7 +24,7 @@ from nngk_jax.configs import digits
 def get_config():
   config = digits.get_config()
   config.dataset = "glyphs"
-  # Passed to nngk_jax.glyphs.load_glyphs.
+  # Passed to nngk_jax.data.glyphs.load_glyphs.
   config.data = {"num_classes": None, "images_per_class": 16, "seed": 0}
   config.model.backbone = "conv4"
   config.model.backbone_kwargs = {"channels": (32, 64, 128, 256),

@@ -4,9 +4,9 @@ Images that do not fit in memory (CUB, Cars196, SOP, your own folders at
 224x224) are held as an :class:`ImageSplit`: a random-access split whose
 ``i``-th record is read and transformed only when a batch needs it. Batches
 are assembled by `grain <https://github.com/google/grain>`_ from the index
-batches the samplers in :mod:`nngk_jax.data` choose, with worker threads
-(and, optionally, worker processes) and prefetching, so that on a GPU the
-network, not the input, sets the pace.
+batches the samplers in :mod:`nngk_jax.data.samplers` choose, with worker
+threads (and, optionally, worker processes) and prefetching, so that on a GPU
+the network, not the input, sets the pace.
 
 The transforms follow torchvision's, as the paper's code used them:
 
@@ -37,7 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from nngk_jax import checks
+from nngk_jax.data import splits
+
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ImageSplit",
     "ImageTransform",
     "LoaderOptions",
@@ -46,18 +51,17 @@ __all__ = [
     "pipeline_from_options",
 ]
 
+# Per-channel (R, G, B) statistics of ImageNet, for images in [0, 1]: what
+# torchvision and timm weights were trained with (nngk_jax.pretrained uses
+# them too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # name -> (mean, std) per RGB channel, on pixels scaled to [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
-
-
-def _positive_int(value: Any, what: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-      value < 1):
-    raise ValueError(f"{what} must be a positive integer, got {value!r}")
-  return int(value)
 
 
 def decode_image(record: Any, *, draft_size: int | None = None):
@@ -82,7 +86,6 @@ def decode_image(record: Any, *, draft_size: int | None = None):
     (6, 4)
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from nngk_jax.data import DataError  # pylint: disable=g-import-not-at-top
 
   if isinstance(record, np.ndarray):
     array = record
@@ -90,8 +93,9 @@ def decode_image(record: Any, *, draft_size: int | None = None):
       array = array[..., 0]
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
         array.ndim == 3 and array.shape[-1] != 3):
-      raise DataError(f"an image array must be uint8 [H, W], [H, W, 1] or "
-                      f"[H, W, 3], got {array.dtype} {record.shape}")
+      raise splits.DataError(
+          f"an image array must be uint8 [H, W], [H, W, 1] or [H, W, 3], got "
+          f"{array.dtype} {record.shape}")
     return Image.fromarray(array).convert("RGB")
   encoded = isinstance(record, (bytes, bytearray, memoryview))
   try:
@@ -102,7 +106,7 @@ def decode_image(record: Any, *, draft_size: int | None = None):
     return image.convert("RGB")
   except Exception as err:  # Pillow raises many kinds for a bad file.
     what = "image bytes" if encoded else f"image {record}"
-    raise DataError(f"cannot read {what}: {err}") from err
+    raise splits.DataError(f"cannot read {what}: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +139,8 @@ class ImageTransform:
   normalization: str = "unit"
 
   def __post_init__(self) -> None:
-    _positive_int(self.resize, "resize")
-    _positive_int(self.crop, "crop")
+    checks.positive_int("resize", self.resize)
+    checks.positive_int("crop", self.crop)
     if self.crop > self.resize:
       raise ValueError(f"crop={self.crop} must not exceed resize="
                        f"{self.resize}")
@@ -238,8 +242,8 @@ class LoaderOptions:
   prefetch: int = 256
 
   def __post_init__(self) -> None:
-    _positive_int(self.num_threads, "num_threads")
-    _positive_int(self.prefetch, "prefetch")
+    checks.positive_int("num_threads", self.num_threads)
+    checks.positive_int("prefetch", self.prefetch)
     if isinstance(self.num_workers, bool) or not isinstance(
         self.num_workers, (int, np.integer)) or self.num_workers < 0:
       raise ValueError(f"num_workers must be a non-negative integer, got "
@@ -271,10 +275,11 @@ class _Reader:
 class ImageSplit:
   """A split of images decoded and transformed when read.
 
-  It offers what :class:`nngk_jax.data.Split` offers (``len``, ``labels``,
+  Like the in-memory :class:`~nngk_jax.data.splits.Split` it is a
+  :class:`~nngk_jax.data.splits.SplitLike` (``len``, ``labels``,
   ``class_names``, ``num_classes``, ``image_shape``, ``split[i]``,
-  ``get_batch``), so the trainer treats both alike, plus
-  :meth:`load_batches`, the parallel path the batch iterators take.
+  ``get_batch``, ``load_batches``), so the trainer treats both alike; its
+  :meth:`load_batches`, the path the samplers take, decodes in parallel.
 
   Attributes:
     records: random-access sequence; ``records[i]`` is encoded image bytes,
@@ -301,12 +306,10 @@ class ImageSplit:
                class_names: Sequence[str], transform: ImageTransform, *,
                options: LoaderOptions | None = None,
                require_every_class: bool = True) -> None:
-    from nngk_jax.data import check_labels  # pylint: disable=g-import-not-at-top
-
     if len(records) != len(labels):
       raise ValueError(f"{len(records)} records but {len(labels)} labels")
     self.records = records
-    self.labels, self.class_names = check_labels(
+    self.labels, self.class_names = splits.check_labels(
         labels, class_names, require_every_class=require_every_class)
     self.transform = transform
     self.options = options or LoaderOptions()

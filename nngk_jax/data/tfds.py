@@ -10,78 +10,38 @@ class-disjoint train / test halves as in the evaluation protocol
 
 The datasets must have been prepared beforehand in the ``array_record`` file
 format (``make data DATASET=<name>``); loading never downloads, and missing
-data raises :class:`~nngk_jax.data.DatasetNotAvailableError` with the command
-that prepares it.
+data raises :class:`~nngk_jax.data.splits.DatasetNotAvailableError` with the
+command that prepares it
+(:func:`~nngk_jax.data.benchmarks.missing_data_message`). What each benchmark
+is (TFDS builder, label feature, class ranges, expected counts) is in
+:data:`~nngk_jax.data.benchmarks.BENCHMARKS`.
 
 Images stay encoded on disk: the halves are
-:class:`~nngk_jax.pipeline.ImageSplit` s whose records are the JPEG bytes
+:class:`~nngk_jax.data.pipeline.ImageSplit` s whose records are the JPEG bytes
 (TFDS ``SkipDecoding``), decoded by the input pipeline when a batch needs
 them. Labels are read once at load time without decoding any image.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from nngk_jax.data import DatasetNotAvailableError
+from nngk_jax.data import benchmarks
+from nngk_jax.data import pipeline as pipelib
+from nngk_jax.data import splits
 
 __all__ = [
-    "BENCHMARKS",
-    "Benchmark",
     "TfdsRecords",
     "load_benchmark",
     "load_benchmark_dataset",
-    "remap_labels",
     "split_by_class",
     "verify_counts",
 ]
 
 _LABEL_CHUNK = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-  """How one benchmark is read from TFDS and split by class.
-
-  Attributes:
-    builder: TFDS builder name.
-    label_key: feature holding the fine-grained class label.
-    tfds_splits: TFDS splits read and merged, in this order.
-    class_rule: ``((train_lo, train_hi), (test_lo, test_hi))`` half-open
-      ranges of TFDS labels; None keeps the TFDS ``train`` / ``test`` splits
-      as the train / test halves (SOP, already class-disjoint).
-    num_images: expected ``(train, test)`` image counts.
-    num_classes: expected ``(train, test)`` class counts.
-    manual_download: True when the files must be placed by hand.
-  """
-
-  builder: str
-  label_key: str
-  tfds_splits: tuple[str, ...]
-  class_rule: tuple[tuple[int, int], tuple[int, int]] | None
-  num_images: tuple[int, int]
-  num_classes: tuple[int, int]
-  manual_download: bool = False
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "cub": Benchmark(
-        builder="caltech_birds2011", label_key="label",
-        tfds_splits=("train", "test"), class_rule=((0, 100), (100, 200)),
-        num_images=(5864, 5924), num_classes=(100, 100)),
-    "cars196": Benchmark(
-        builder="cars196", label_key="label",
-        tfds_splits=("train", "test"), class_rule=((0, 98), (98, 196)),
-        num_images=(8054, 8131), num_classes=(98, 98), manual_download=True),
-    "sop": Benchmark(
-        builder="stanford_online_products", label_key="class_id",
-        tfds_splits=("train", "test"), class_rule=None,
-        num_images=(59551, 60502), num_classes=(11318, 11316)),
-}
 
 
 def split_by_class(
@@ -116,24 +76,6 @@ def split_by_class(
     raise ValueError(f"label {int(labels[first])} (example {first}) is in "
                      f"neither class range of {rule}")
   return np.flatnonzero(in_train), np.flatnonzero(in_test)
-
-
-def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Maps labels to ``0..C-1`` in increasing order of the original label.
-
-  Args:
-    labels: ``[num_examples]`` integer labels.
-
-  Returns:
-    ``(new_labels, classes)``: int32 labels in ``[0, C)`` and the ``C``
-    original labels, sorted, so ``classes[new_labels] == labels``.
-
-  Examples:
-    >>> remap_labels(np.array([7, 3, 7]))
-    (array([1, 0, 1], dtype=int32), array([3, 7]))
-  """
-  classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
-  return inverse.astype(np.int32).reshape(-1), classes
 
 
 class TfdsRecords:
@@ -199,11 +141,11 @@ def verify_counts(name: str, train, test) -> None:
   """Raises ValueError when the split sizes differ from the protocol.
 
   Args:
-    name: key in :data:`BENCHMARKS`.
+    name: key in :data:`~nngk_jax.data.benchmarks.BENCHMARKS`.
     train: the train split (``len`` and ``num_classes``).
     test: the test split.
   """
-  bench = BENCHMARKS[name]
+  bench = benchmarks.BENCHMARKS[name]
   found_images = (len(train), len(test))
   found_classes = (train.num_classes, test.num_classes)
   if found_images != bench.num_images or found_classes != bench.num_classes:
@@ -217,8 +159,9 @@ def verify_counts(name: str, train, test) -> None:
 
 def load_benchmark(
     name: str, *, data_dir: str | None = None,
-    transform: Any = None, options: Any = None, check_counts: bool = True,
-) -> tuple[Any, Any]:
+    transform: pipelib.ImageTransform | None = None,
+    options: pipelib.LoaderOptions | None = None, check_counts: bool = True,
+) -> tuple[pipelib.ImageSplit, pipelib.ImageSplit]:
   """Loads a benchmark as class-disjoint train and test image splits.
 
   All TFDS splits are read with ``tfds.data_source`` (no download) and
@@ -230,14 +173,14 @@ def load_benchmark(
     name: ``"cub"``, ``"cars196"`` or ``"sop"``.
     data_dir: TFDS data dir; None uses the TFDS default (``TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
-    transform: the :class:`~nngk_jax.pipeline.ImageTransform` (default:
+    transform: the :class:`~nngk_jax.data.pipeline.ImageTransform` (default:
       resize 256, crop 224).
-    options: the :class:`~nngk_jax.pipeline.LoaderOptions`.
+    options: the :class:`~nngk_jax.data.pipeline.LoaderOptions`.
     check_counts: raise ValueError when image or class counts differ from the
       evaluation protocol.
 
   Returns:
-    ``(train, test)`` :class:`~nngk_jax.pipeline.ImageSplit` s.
+    ``(train, test)`` :class:`~nngk_jax.data.pipeline.ImageSplit` s.
 
   Raises:
     KeyError: unknown name.
@@ -245,11 +188,11 @@ def load_benchmark(
       (the message gives the command that prepares it).
     ValueError: counts differ from the protocol (with ``check_counts``).
   """
-  if name not in BENCHMARKS:
-    raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-  bench = BENCHMARKS[name]
+  if name not in benchmarks.BENCHMARKS:
+    raise KeyError(f"unknown benchmark {name!r}; known: "
+                   f"{sorted(benchmarks.BENCHMARKS)}")
+  bench = benchmarks.BENCHMARKS[name]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from nngk_jax import pipeline as pipelib  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(bench.builder, data_dir=data_dir)
   try:
@@ -259,8 +202,7 @@ def load_benchmark(
                for split in bench.tfds_splits]
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():
-      from nngk_jax import prepare  # pylint: disable=g-import-not-at-top
-      raise DatasetNotAvailableError(prepare.missing_data_message(
+      raise splits.DatasetNotAvailableError(benchmarks.missing_data_message(
           name, builder.data_dir_root)) from e
     raise
   features = builder.info.features
@@ -280,7 +222,7 @@ def load_benchmark(
   transform = transform or pipelib.ImageTransform()
   halves = []
   for pos in (train_pos, test_pos):
-    new_labels, classes = remap_labels(labels[pos])
+    new_labels, classes = splits.remap_labels(labels[pos])
     class_names = [names[c] if names else str(c) for c in classes]
     halves.append(pipelib.ImageSplit(
         TfdsRecords(sources, refs[pos]), new_labels, class_names, transform,
@@ -293,8 +235,8 @@ def load_benchmark(
 
 def load_benchmark_dataset(name: str, *, data_dir: str | None = None,
                            pipeline: dict[str, Any] | None = None,
-                           check_counts: bool = True):
-  """A benchmark as a metric-learning :class:`~nngk_jax.data.Dataset`.
+                           check_counts: bool = True) -> splits.Dataset:
+  """A benchmark as a metric-learning :class:`~nngk_jax.data.splits.Dataset`.
 
   This is what ``load_dataset("cub")`` (and ``"cars196"``, ``"sop"``)
   calls, with the config's ``data`` fields as keyword arguments.
@@ -303,16 +245,13 @@ def load_benchmark_dataset(name: str, *, data_dir: str | None = None,
     name: ``"cub"``, ``"cars196"`` or ``"sop"``.
     data_dir: TFDS data dir (default: ``TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
-    pipeline: options of :func:`nngk_jax.pipeline.pipeline_from_options`.
+    pipeline: options of :func:`nngk_jax.data.pipeline.pipeline_from_options`.
     check_counts: check the protocol's image and class counts.
 
   Returns:
-    A :class:`~nngk_jax.data.Dataset` with protocol ``"metric"``.
+    A :class:`~nngk_jax.data.splits.Dataset` with protocol ``"metric"``.
   """
-  from nngk_jax import data as datalib  # pylint: disable=g-import-not-at-top
-  from nngk_jax import pipeline as pipelib  # pylint: disable=g-import-not-at-top
-
   transform, options = pipelib.pipeline_from_options(pipeline)
   train, test = load_benchmark(name, data_dir=data_dir, transform=transform,
                                options=options, check_counts=check_counts)
-  return datalib.Dataset(name=name, train=train, test=test, protocol="metric")
+  return splits.Dataset(name=name, train=train, test=test, protocol="metric")

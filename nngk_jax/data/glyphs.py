@@ -86,7 +86,8 @@ from typing import Any
 
 import numpy as np
 
-from nngk_jax import data
+from nngk_jax import checks
+from nngk_jax.data import splits
 
 __all__ = [
     "DEFAULT_NUM_CLASSES",
@@ -589,13 +590,13 @@ def _read_cache(path: pathlib.Path, num_classes: int, images_per_class: int,
       version = int(stored["version"])
   except Exception as err:  # pylint: disable=broad-except
     # A damaged file fails in zipfile, zlib or numpy with many error types.
-    print(f"nngk_jax.glyphs: ignoring unreadable cache {path} ({err})",
+    print(f"nngk_jax.data.glyphs: ignoring unreadable cache {path} ({err})",
           file=sys.stderr)
     return None
   if (version != VERSION or images.dtype != np.uint8
       or images.shape != (num_classes, images_per_class, image_size,
                           image_size) or len(names) != num_classes):
-    print(f"nngk_jax.glyphs: ignoring mismatched cache {path}",
+    print(f"nngk_jax.data.glyphs: ignoring mismatched cache {path}",
           file=sys.stderr)
     return None
   return images, names
@@ -647,7 +648,7 @@ def _pool(num_classes: int | None, images_per_class: int, image_size: int,
   if num_classes > len(available):
     raise ValueError(f"num_classes={num_classes} is more than the glyph "
                      f"classes available (maximum {len(available)})")
-  print(f"nngk_jax.glyphs: rendering {num_classes} classes x "
+  print(f"nngk_jax.data.glyphs: rendering {num_classes} classes x "
         f"{images_per_class} images at {image_size}x{image_size} into "
         f"{path} ...", end="", file=sys.stderr, flush=True)
   classes = available[:num_classes]
@@ -663,7 +664,7 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
                 seed: int = 0, test_fraction: float = 0.5,
                 train_per_class: int | None = None,
                 cache_dir: str | os.PathLike[str] | None = None
-                ) -> data.Dataset:
+                ) -> splits.Dataset:
   """Rendered characters: one class per character, ``images_per_class`` each.
 
   The classes are the first ``num_classes`` of :func:`glyph_classes` (a
@@ -690,7 +691,7 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
     cache_dir: where the pool is cached; see :func:`cache_path`.
 
   Returns:
-    A :class:`~nngk_jax.data.Dataset` named ``"glyphs"``: images
+    A :class:`~nngk_jax.data.splits.Dataset` named ``"glyphs"``: images
     ``[N, image_size, image_size, 1]`` float32 in ``[-1, 1]``, class names
     like ``"U+0041 A"``.
 
@@ -706,8 +707,8 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
     >>> set(ds.train.class_names) & set(ds.test.class_names)
     set()
   """
-  if protocol not in data.PROTOCOLS:
-    raise ValueError(f"protocol must be one of {data.PROTOCOLS}, got "
+  if protocol not in splits.PROTOCOLS:
+    raise ValueError(f"protocol must be one of {splits.PROTOCOLS}, got "
                      f"{protocol!r}")
   if num_classes is not None:
     _check_int(num_classes, "num_classes", 2)
@@ -718,9 +719,9 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
   image_size = _check_int(image_size, "image_size", _MIN_IMAGE_SIZE)
   seed = _check_int(seed, "seed", 0)
   if protocol == "classification":
-    data._check_fraction(test_fraction)  # pylint: disable=protected-access
+    splits.check_fraction(test_fraction)
   if train_per_class is not None:
-    _check_int(train_per_class, "train_per_class", 1)
+    checks.positive_int("train_per_class", train_per_class)
     if train_per_class > images_per_class:
       raise ValueError(f"train_per_class={train_per_class} is more than "
                        f"images_per_class={images_per_class}")
@@ -730,7 +731,7 @@ def load_glyphs(*, protocol: str = "metric", num_classes: int | None = None,
   images = (pool.reshape(num * per_class, image_size, image_size, 1)
             .astype(np.float32) / 127.5 - 1.0)
   labels = np.repeat(np.arange(num), per_class)
-  return data._build(  # pylint: disable=protected-access
+  return splits.build_dataset(
       "glyphs", images, labels, names, protocol=protocol,
       test_fraction=test_fraction, seed=seed, train_per_class=train_per_class)
 
@@ -779,7 +780,7 @@ def save_preview(path: str | os.PathLike[str], *, num_classes: int = 12,
     axes[row, 0].set_ylabel(
         glyph_class.name, rotation=0, ha="right", va="center", fontsize=9,
         family=["DejaVu Sans", "STIXGeneral", "DejaVu Serif"])
-  fig.suptitle(f"nngk_jax.glyphs: {len(glyph_classes())} classes "
+  fig.suptitle(f"nngk_jax.data.glyphs: {len(glyph_classes())} classes "
                f"({len(classes)} shown, {samples_per_class} samples each)")
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Tests for benchmark preparation (``nngk_jax.prepare``).
+"""Tests for benchmark preparation (``nngk_jax.data.prepare``).
 
 Everything here runs without TensorFlow and without the network: files placed
 by hand are small fakes written to ``tmp_path``, a missing TensorFlow is
@@ -18,8 +18,8 @@ import types
 import numpy as np
 import pytest
 
-from nngk_jax import prepare
-from nngk_jax import tfds_data
+from nngk_jax.data import benchmarks
+from nngk_jax.data import prepare
 
 tfds = pytest.importorskip("tensorflow_datasets")
 scipy_io = pytest.importorskip("scipy.io")
@@ -75,8 +75,8 @@ def _small_originals(monkeypatch):
   """Cars196's original files shrunk to a few bytes each, so tests can write
   them; returns ``{filename: size}``."""
   small = tuple(dataclasses.replace(f, size=10 + i) for i, f in
-                enumerate(prepare.ORIGINAL_FILES["cars196"]))
-  monkeypatch.setitem(prepare.ORIGINAL_FILES, "cars196", small)
+                enumerate(benchmarks.ORIGINAL_FILES["cars196"]))
+  monkeypatch.setitem(benchmarks.ORIGINAL_FILES, "cars196", small)
   return {f.filename: f.size for f in small}
 
 
@@ -94,7 +94,7 @@ def _load_tfds_checksums(relative):
 ])
 def test_original_files_match_tfds_checksums(name, relative):
   infos = _load_tfds_checksums(relative)
-  for f in prepare.ORIGINAL_FILES[name]:
+  for f in benchmarks.ORIGINAL_FILES[name]:
     info = infos[f.url]
     assert (info.filename, info.size, info.checksum) == (
         f.filename, f.size, f.sha256)
@@ -103,7 +103,7 @@ def test_original_files_match_tfds_checksums(name, relative):
 def test_cars196_download_urls_are_the_registered_ones():
   text = pathlib.Path(inspect.getsourcefile(tfds.builder_cls("cars196"))
                       ).read_text()
-  for f in prepare.ORIGINAL_FILES["cars196"]:
+  for f in benchmarks.ORIGINAL_FILES["cars196"]:
     assert f.filename in text
   # Still no manual-dir instructions in the stock builder: TFDS finds files
   # placed by hand through the download manager, by registered file name.
@@ -113,7 +113,7 @@ def test_cars196_download_urls_are_the_registered_ones():
 def test_archives_missing_name_exact_paths(tmp_path):
   problems = prepare.check_manual_files("cars196", tmp_path / "manual")
   expected = [tmp_path / "manual" / f.filename
-              for f in prepare.ORIGINAL_FILES["cars196"]]
+              for f in benchmarks.ORIGINAL_FILES["cars196"]]
   assert len(problems) == 4
   for problem, path in zip(problems, expected):
     assert problem.startswith(f"missing {path} (")
@@ -229,20 +229,21 @@ def test_cub_and_sop_need_no_manual_files(tmp_path):
 
 def test_commands_and_messages(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-  assert prepare.default_data_dir() == tmp_path
-  assert prepare.manual_dir_for() == tmp_path / "downloads" / "manual"
-  assert prepare.prepare_command("cub") == "make data DATASET=cub"
-  assert prepare.prepare_command("cub", tmp_path) == "make data DATASET=cub"
-  assert prepare.prepare_command("sop", "/elsewhere") == (
+  assert benchmarks.default_data_dir() == tmp_path
+  assert benchmarks.manual_dir_for() == tmp_path / "downloads" / "manual"
+  assert benchmarks.prepare_command("cub") == "make data DATASET=cub"
+  assert benchmarks.prepare_command("cub", tmp_path) == (
+      "make data DATASET=cub")
+  assert benchmarks.prepare_command("sop", "/elsewhere") == (
       "make data DATASET=sop TFDS_DATA_DIR=/elsewhere")
-  for name in tfds_data.BENCHMARKS:
-    message = prepare.missing_data_message(name)
+  for name in benchmarks.BENCHMARKS:
+    message = benchmarks.missing_data_message(name)
     assert f"`make data DATASET={name}`" in message
     assert f"`make train DATASET={name}`" in message
     assert ("downloads/manual" in message) == (name == "cars196")
     assert str(tmp_path) in message
-    assert tfds_data.BENCHMARKS[name].builder in message
-  cars = prepare.missing_data_message("cars196")
+    assert benchmarks.BENCHMARKS[name].builder in message
+  cars = benchmarks.missing_data_message("cars196")
   assert str(tmp_path / "downloads" / "manual") in cars
   assert "cars_train.tgz" in cars and "docs/data.md" in cars
 
@@ -254,7 +255,7 @@ def test_commands_and_messages(tmp_path, monkeypatch):
 ])
 def test_unknown_or_unpreparable_names(name, match, capsys):
   with pytest.raises(ValueError, match=match):
-    prepare.prepare_command(name)
+    benchmarks.prepare_command(name)
   with pytest.raises(ValueError, match=match):
     prepare.check_manual_files(name, "/nowhere")
   assert prepare.main([name]) == 1
@@ -285,7 +286,7 @@ def test_tensorflow_missing(name, tmp_path, no_tensorflow, capsys):
   assert "requirements-data.txt" in str(error.value)
   assert prepare.main([name, "--data-dir", str(tmp_path)]) == 1
   assert "needs TensorFlow" in capsys.readouterr().err
-  assert not (tmp_path / tfds_data.BENCHMARKS[name].builder).exists()
+  assert not (tmp_path / benchmarks.BENCHMARKS[name].builder).exists()
 
 
 def test_cars196_files_checked_before_tensorflow(tmp_path, no_tensorflow,
@@ -397,8 +398,8 @@ def test_prepare_fake_cars196_end_to_end(tmp_path, monkeypatch):
   manual = tmp_path / "downloads" / "manual"
   counts = _write_cars196_folders(manual)
   monkeypatch.setattr(prepare, "CARS196_NUM_ANNOTATIONS", counts)
-  monkeypatch.setitem(tfds_data.BENCHMARKS, "cars196", dataclasses.replace(
-      tfds_data.BENCHMARKS["cars196"], num_images=(4, 5)))
+  monkeypatch.setitem(benchmarks.BENCHMARKS, "cars196", dataclasses.replace(
+      benchmarks.BENCHMARKS["cars196"], num_images=(4, 5)))
   message = prepare.prepare("cars196", tmp_path)
   assert message == f"cars196 prepared at {tmp_path / 'cars196' / '2.1.0'}"
   assert "already prepared" in prepare.prepare("cars196", tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for the image input pipeline (nngk_jax.pipeline)."""
+"""Tests for the image input pipeline (nngk_jax.data.pipeline)."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from nngk_jax import data
-from nngk_jax import pipeline
+from nngk_jax.data import pipeline
 
 
 def _coded_image(height=12, width=20):
@@ -90,6 +90,14 @@ def test_imagenet_normalization():
                              rtol=1e-6)
 
 
+def test_imagenet_statistics_are_defined_once():
+  from nngk_jax import pretrained
+  assert pipeline.NORMALIZATIONS["imagenet"] == (pipeline.IMAGENET_MEAN,
+                                                 pipeline.IMAGENET_STD)
+  assert pretrained.IMAGENET_MEAN is pipeline.IMAGENET_MEAN
+  assert pretrained.IMAGENET_STD is pipeline.IMAGENET_STD
+
+
 def test_decode_kinds(tmp_path):
   grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
   assert np.asarray(pipeline.decode_image(grey)).shape == (3, 4, 3)
@@ -133,6 +141,12 @@ def _split(num=10, **options):
   return pipeline.ImageSplit(records, labels, ("a", "b"),
                              pipeline.ImageTransform(resize=12, crop=8),
                              options=pipeline.LoaderOptions(**options))
+
+
+def test_image_split_is_split_like():
+  split = _split()
+  assert isinstance(split, data.SplitLike)
+  assert not isinstance(split, data.Split)
 
 
 def test_split_checks_labels():

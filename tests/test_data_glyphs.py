@@ -1,4 +1,7 @@
-"""Tests for nngk_jax.glyphs: classes, rendering, cache, splits, learnability."""
+"""Tests for nngk_jax.data.glyphs.
+
+Classes, rendering, cache, splits, learnability.
+"""
 
 import collections
 import math
@@ -7,7 +10,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from nngk_jax import data, glyphs
+from nngk_jax import data
+from nngk_jax.data import glyphs
 
 SMALL = {"num_classes": 6, "images_per_class": 3}
 

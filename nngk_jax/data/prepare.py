@@ -3,10 +3,11 @@
 Command line (``make data DATASET=<name>`` installs ``requirements-data.txt``
 and runs it)::
 
-    python -m nngk_jax.prepare cub|cars196|sop [--data-dir DIR] [--manual-dir DIR]
+    python -m nngk_jax.data.prepare cub|cars196|sop [--data-dir DIR]
+        [--manual-dir DIR]
 
 Preparation runs the TFDS builder's ``download_and_prepare`` in the
-``array_record`` file format, which :func:`nngk_jax.tfds_data.load_benchmark`
+``array_record`` file format, which :func:`nngk_jax.data.tfds.load_benchmark`
 reads with ``tfds.data_source``. It needs TensorFlow (TFDS builders read and
 write through ``tf.io.gfile``); reading the prepared data afterwards does not.
 
@@ -20,8 +21,9 @@ Cars196's download address is dead upstream, so its files are placed by hand
 in the manual dir, in one of two layouts, checked by
 :func:`check_manual_files` before anything is prepared:
 
-* ``archives``: the four original files (:data:`ORIGINAL_FILES`), found by the
-  stock TFDS builder, which verifies their SHA-256 checksums.
+* ``archives``: the four original files
+  (:data:`~nngk_jax.data.benchmarks.ORIGINAL_FILES`), found by the stock TFDS
+  builder, which verifies their SHA-256 checksums.
 * ``folders``: the extracted images as unofficial mirrors ship them
   (``cars_train/``, ``cars_test/``, each possibly nested one level as in the
   Kaggle copy), ``devkit/cars_train_annos.mat`` (or ``car_devkit.tgz``) and
@@ -30,7 +32,9 @@ in the manual dir, in one of two layouts, checked by
   exists for such copies: the check instead requires 8,144 / 8,041 annotated
   images, each present.
 
-The functions above the command line need neither TensorFlow nor the network.
+What the benchmarks are, where TFDS keeps their files and the messages that
+name the command to run are in :mod:`nngk_jax.data.benchmarks`. The functions
+above the command line need neither TensorFlow nor the network.
 """
 
 from __future__ import annotations
@@ -45,29 +49,23 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nngk_jax import tfds_data
+from nngk_jax.data import benchmarks
 
 __all__ = [
     "CARS196_NUM_ANNOTATIONS",
     "Cars196Folders",
     "ManualFilesError",
-    "ORIGINAL_FILES",
-    "OriginalFile",
     "PrepareError",
     "TensorFlowMissingError",
     "cars196_folders",
     "cars196_layout",
     "check_manual_files",
-    "default_data_dir",
     "main",
-    "manual_dir_for",
-    "missing_data_message",
     "prepare",
-    "prepare_command",
 ]
 
-_DOCS = "docs/data.md"
-_FILE_FORMAT = "array_record"
+_DOCS = benchmarks.DOCS
+_FILE_FORMAT = benchmarks.FILE_FORMAT
 
 
 class PrepareError(RuntimeError):
@@ -90,197 +88,13 @@ class ManualFilesError(PrepareError):
     self.problems = tuple(problems)
 
 
-@dataclasses.dataclass(frozen=True)
-class OriginalFile:
-  """One original download of a benchmark, as TFDS 4.9.10 registers it.
 
-  Attributes:
-    filename: name TFDS looks for in the manual dir.
-    size: size in bytes.
-    sha256: SHA-256 checksum TFDS verifies.
-    url: the address the builder downloads from (dead for Cars196).
-  """
-
-  filename: str
-  size: int
-  sha256: str
-  url: str
-
-
-_CARS_URL = "http://ai.stanford.edu/~jkrause/car196/"
-
-# From TFDS 4.9.10's url_checksums/{caltech_birds2011,cars196}.txt and
-# datasets/stanford_online_products/checksums.tsv (tests compare them).
-ORIGINAL_FILES: dict[str, tuple[OriginalFile, ...]] = {
-    "cub": (
-        OriginalFile(
-            "CUB_200_2011.tgz", 1150585339,
-            "0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
-            "https://data.caltech.edu/records/65de6-vp158/files/"
-            "CUB_200_2011.tgz?download=1"),
-        OriginalFile(
-            "segmentations.tgz", 39272883,
-            "dc77f6cffea0cbe2e41d4201115c8f29a6320ecb04fffd2444f51b8066e4b84f",
-            "https://data.caltech.edu/records/w9d68-gec53/files/"
-            "segmentations.tgz?download=1"),
-    ),
-    "cars196": (
-        OriginalFile(
-            "cars_train.tgz", 979269282,
-            "512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
-            _CARS_URL + "cars_train.tgz"),
-        OriginalFile(
-            "cars_test.tgz", 977350468,
-            "bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
-            _CARS_URL + "cars_test.tgz"),
-        OriginalFile(
-            "car_devkit.tgz", 330960,
-            "b97deb463af7d58b6bfaa18b2a4de9829f0f79e8ce663dfa9261bf7810e9accd",
-            "https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz"),
-        OriginalFile(
-            "cars_test_annos_withlabels.mat", 185758,
-            "790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
-            _CARS_URL + "cars_test_annos_withlabels.mat"),
-    ),
-    "sop": (
-        OriginalFile(
-            "Stanford_Online_Products.zip", 3083860082,
-            "b04fa78210e69fab050ce73939550e1cd0f96890bdd98ec9fee732c3b756ef48",
-            "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"),
-    ),
-}
 
 # Annotated images per Cars196 split: devkit/cars_train_annos.mat and
 # cars_test_annos_withlabels.mat (16,185 in all).
 CARS196_NUM_ANNOTATIONS: dict[str, int] = {"train": 8144, "test": 8041}
 
 _CARS196_IMAGE_SUFFIXES = (".jpg", ".jpeg")
-
-
-def _benchmark(name: str) -> tfds_data.Benchmark:
-  """Returns the benchmark called ``name``, or raises a ValueError."""
-  if name in tfds_data.BENCHMARKS:
-    return tfds_data.BENCHMARKS[name]
-  known = ", ".join(tfds_data.BENCHMARKS)
-  if name == "digits" or str(name).startswith("folder:"):
-    raise ValueError(f"dataset {name!r} needs no preparation; only the TFDS "
-                     f"benchmarks do ({known})")
-  raise ValueError(f"unknown dataset {name!r}; the datasets to prepare are "
-                   f"{known}")
-
-
-def default_data_dir(environ: Mapping[str, str] | None = None
-                     ) -> pathlib.Path:
-  """Returns the TFDS default data dir, as TFDS 4.9.10 computes it.
-
-  Args:
-    environ: environment to read ``TFDS_DATA_DIR`` from; None reads
-      ``os.environ``.
-
-  Returns:
-    ``$TFDS_DATA_DIR`` when set and not empty, else ``~/tensorflow_datasets``.
-
-  Examples:
-    >>> str(default_data_dir({"TFDS_DATA_DIR": "/data/tfds"}))
-    '/data/tfds'
-    >>> default_data_dir({}).name
-    'tensorflow_datasets'
-  """
-  environ = os.environ if environ is None else environ
-  value = environ.get("TFDS_DATA_DIR")
-  if value:
-    return pathlib.Path(value).expanduser()
-  return pathlib.Path("~", "tensorflow_datasets").expanduser()
-
-
-def manual_dir_for(data_dir: str | os.PathLike[str] | None = None
-                   ) -> pathlib.Path:
-  """Returns where TFDS looks for files placed by hand: ``<data_dir>/downloads/manual``.
-
-  Args:
-    data_dir: TFDS data dir; None uses :func:`default_data_dir`.
-
-  Returns:
-    The manual dir.
-
-  Examples:
-    >>> str(manual_dir_for("/data/tfds"))
-    '/data/tfds/downloads/manual'
-  """
-  root = default_data_dir() if data_dir is None else pathlib.Path(data_dir)
-  return root.expanduser() / "downloads" / "manual"
-
-
-def prepare_command(name: str,
-                    data_dir: str | os.PathLike[str] | None = None) -> str:
-  """Returns the command that prepares a benchmark.
-
-  Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
-    data_dir: TFDS data dir; included when it is not the default one.
-
-  Returns:
-    A ``make data`` command line.
-
-  Raises:
-    ValueError: ``name`` is not a benchmark that needs preparing.
-
-  Examples:
-    >>> prepare_command("cub")
-    'make data DATASET=cub'
-    >>> prepare_command("sop", "/data/my tfds")
-    "make data DATASET=sop TFDS_DATA_DIR='/data/my tfds'"
-  """
-  _benchmark(name)
-  command = f"make data DATASET={name}"
-  if data_dir is not None:
-    data_dir = pathlib.Path(data_dir).expanduser()
-    if data_dir != default_data_dir():
-      text = str(data_dir)
-      quoted = f"'{text}'" if any(c.isspace() for c in text) else text
-      command += f" TFDS_DATA_DIR={quoted}"
-  return command
-
-
-def missing_data_message(name: str,
-                         data_dir: str | os.PathLike[str] | None = None
-                         ) -> str:
-  """Says that a benchmark is not prepared and the exact command to run.
-
-  Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
-    data_dir: the TFDS data dir that was searched (the root holding
-      ``<builder>/<version>/``); None means the default one.
-
-  Returns:
-    The message, naming ``make data DATASET=<name>`` (with
-    ``TFDS_DATA_DIR`` when ``data_dir`` is not the default) and, for Cars196,
-    the folder its files must be placed in first.
-
-  Raises:
-    ValueError: ``name`` is not a benchmark that needs preparing.
-
-  Examples:
-    >>> print(missing_data_message("cub", "/data/tfds"))
-    dataset 'cub' (TFDS 'caltech_birds2011') is not prepared in the array_record format under /data/tfds. Run `make data DATASET=cub TFDS_DATA_DIR=/data/tfds` to download (1.2 GB, needs internet) and prepare it once (see docs/data.md), then `make train DATASET=cub` again
-  """
-  bench = _benchmark(name)
-  root = default_data_dir() if data_dir is None else pathlib.Path(data_dir)
-  command = prepare_command(name, data_dir)
-  message = (f"dataset {name!r} (TFDS {bench.builder!r}) is not prepared in "
-             f"the {_FILE_FORMAT} format under {root}. ")
-  if bench.manual_download:
-    files = ", ".join(f.filename for f in ORIGINAL_FILES[name])
-    message += (f"Its download address is dead upstream: place its files by "
-                f"hand in {manual_dir_for(root)} (the original {files}, or "
-                f"the extracted cars_train/ and cars_test/ image folders with "
-                f"devkit/ and cars_test_annos_withlabels.mat; see {_DOCS}), "
-                f"then run `{command}` to check and prepare them")
-  else:
-    download = sum(f.size for f in ORIGINAL_FILES[name]) / 1e9
-    message += (f"Run `{command}` to download ({download:.1f} GB, needs "
-                f"internet) and prepare it once (see {_DOCS})")
-  return message + f", then `make train DATASET={name}` again"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +168,7 @@ def cars196_layout(manual_dir: str | os.PathLike[str]) -> str:
   return "archives"
 
 
-def _check_original_files(files: Sequence[OriginalFile],
+def _check_original_files(files: Sequence[benchmarks.OriginalFile],
                           manual_dir: pathlib.Path,
                           *, required: bool) -> list[str]:
   """Problems with the original files in ``manual_dir`` (by size)."""
@@ -481,7 +295,8 @@ def check_manual_files(
   """Checks the files placed by hand in the manual dir before preparing.
 
   Cars196 must have them, in one of two layouts (:func:`cars196_layout`):
-  the four original files of :data:`ORIGINAL_FILES` with their original
+  the four original files of
+  :data:`~nngk_jax.data.benchmarks.ORIGINAL_FILES` with their original
   sizes, or the extracted folders, whose annotation files must list every
   image (``expected_annotations`` images per split) and the image folders
   hold each one. CUB and SOP need none; a copy of their original files placed
@@ -510,18 +325,18 @@ def check_manual_files(
     ...   check_manual_files("cub", empty)
     []
   """
-  bench = _benchmark(name)
+  bench = benchmarks.lookup(name)
   manual_dir = pathlib.Path(manual_dir)
   if manual_dir.exists() and not manual_dir.is_dir():
     return [f"{manual_dir} is not a folder"]
   if not bench.manual_download:
-    return _check_original_files(ORIGINAL_FILES[name], manual_dir,
+    return _check_original_files(benchmarks.ORIGINAL_FILES[name], manual_dir,
                                  required=False)
   if cars196_layout(manual_dir) == "folders":
     if expected_annotations is None:
       expected_annotations = CARS196_NUM_ANNOTATIONS
     return _check_cars196_folders(manual_dir, expected_annotations)
-  return _check_original_files(ORIGINAL_FILES[name], manual_dir,
+  return _check_original_files(benchmarks.ORIGINAL_FILES[name], manual_dir,
                                required=True)
 
 
@@ -531,10 +346,11 @@ def _manual_files_message(name: str, manual_dir: pathlib.Path,
   lines = [f"{name}: the files placed by hand in {manual_dir} are not "
            f"ready ({cars196_layout(manual_dir)} layout):"]
   lines += [f"  - {p}" for p in problems]
+  originals = ", ".join(f.filename for f in benchmarks.ORIGINAL_FILES[name])
   lines.append(
       f"{name}'s download address is dead upstream. Place in {manual_dir} "
       f"either the four original files "
-      f"({', '.join(f.filename for f in ORIGINAL_FILES[name])}) or the "
+      f"({originals}) or the "
       f"extracted cars_train/ and cars_test/ image folders with devkit/ (or "
       f"car_devkit.tgz) and cars_test_annos_withlabels.mat. Copies exist on "
       f"unofficial mirrors (e.g. the Kaggle dataset "
@@ -587,7 +403,7 @@ def _cars196_folder_builder(tfds: Any, data_dir: pathlib.Path,
 
 def _check_prepared(name: str, builder: Any) -> None:
   """Raises PrepareError unless the prepared data is array_record and whole."""
-  bench = tfds_data.BENCHMARKS[name]
+  bench = benchmarks.BENCHMARKS[name]
   formats = {str(getattr(f, "value", f))
              for f in builder.info.available_file_formats()}
   if _FILE_FORMAT not in formats:
@@ -613,7 +429,8 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
 
   Args:
     name: ``"cub"``, ``"cars196"`` or ``"sop"``.
-    data_dir: TFDS data dir; None uses :func:`default_data_dir`.
+    data_dir: TFDS data dir; None uses
+      :func:`~nngk_jax.data.benchmarks.default_data_dir`.
     manual_dir: folder of files placed by hand; None uses
       ``<data_dir>/downloads/manual``.
 
@@ -627,10 +444,10 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
     PrepareError: a download failed, a file's checksum is wrong, or the
       prepared data is not what training reads.
   """
-  bench = _benchmark(name)
-  data_dir = (default_data_dir() if data_dir is None
+  bench = benchmarks.lookup(name)
+  data_dir = (benchmarks.default_data_dir() if data_dir is None
               else pathlib.Path(data_dir).expanduser())
-  manual_dir = (manual_dir_for(data_dir) if manual_dir is None
+  manual_dir = (benchmarks.manual_dir_for(data_dir) if manual_dir is None
                 else pathlib.Path(manual_dir).expanduser())
   # Neither the check for prepared data nor the one for files placed by hand
   # needs TensorFlow: both run first, so their messages come without it.
@@ -659,7 +476,7 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
 
   config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
                                         try_download_gcs=False)
-  files = ", ".join(f.filename for f in ORIGINAL_FILES[name])
+  files = ", ".join(f.filename for f in benchmarks.ORIGINAL_FILES[name])
   try:
     builder.download_and_prepare(file_format=_FILE_FORMAT,
                                  download_config=config)
@@ -673,13 +490,14 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
         f"{name}: preparation failed ({type(error).__name__}: {error}). If a "
         f"download failed (no network, or the address is dead), place the "
         f"original files ({files}) in {manual_dir} and rerun "
-        f"`{prepare_command(name, data_dir)}` (see {_DOCS})") from error
+        f"`{benchmarks.prepare_command(name, data_dir)}` (see {_DOCS})"
+    ) from error
   _check_prepared(name, builder)
   return f"{name} prepared at {builder.data_dir}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command line: ``python -m nngk_jax.prepare NAME [--data-dir DIR]``.
+  """Command line: ``python -m nngk_jax.data.prepare NAME [--data-dir DIR]``.
 
   Args:
     argv: arguments; None reads ``sys.argv``.
@@ -688,12 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 when prepared (or already prepared), 1 on an error, which is printed.
   """
   parser = argparse.ArgumentParser(
-      prog="python -m nngk_jax.prepare",
+      prog="python -m nngk_jax.data.prepare",
       description="Download and prepare a TFDS benchmark in the array_record "
                   "format that training reads (needs TensorFlow: use "
                   "`make data DATASET=<name>`).")
   parser.add_argument("name", help="benchmark: " + ", ".join(
-      tfds_data.BENCHMARKS))
+      benchmarks.BENCHMARKS))
   parser.add_argument("--data-dir", default=None,
                       help="TFDS data dir (default: $TFDS_DATA_DIR or "
                            "~/tensorflow_datasets)")

@@ -8,8 +8,11 @@ sit on both sides of each benchmark's class boundary.
 import numpy as np
 import pytest
 
-from nngk_jax import tfds_data
-from nngk_jax.data import DatasetNotAvailableError
+from nngk_jax import data
+from nngk_jax.data import benchmarks
+from nngk_jax.data import pipeline
+from nngk_jax.data import tfds as tfds_data
+from nngk_jax.data.splits import DatasetNotAvailableError
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -28,11 +31,11 @@ def test_split_by_class_rejects_bad_rules():
 
 
 def test_benchmark_metadata_matches_protocol():
-  assert tfds_data.BENCHMARKS["cub"].num_images == (5864, 5924)
-  assert tfds_data.BENCHMARKS["cars196"].num_classes == (98, 98)
-  assert tfds_data.BENCHMARKS["sop"].label_key == "class_id"
+  assert benchmarks.BENCHMARKS["cub"].num_images == (5864, 5924)
+  assert benchmarks.BENCHMARKS["cars196"].num_classes == (98, 98)
+  assert benchmarks.BENCHMARKS["sop"].label_key == "class_id"
   builders = tfds.list_builders(with_community_datasets=False)
-  for bench in tfds_data.BENCHMARKS.values():
+  for bench in benchmarks.BENCHMARKS.values():
     assert bench.builder in builders
 
 
@@ -43,8 +46,7 @@ def _fake_data(fake_tfds):
 
 @pytest.mark.parametrize("name", ["cub", "cars196"])
 def test_load_benchmark_class_disjoint(name, fake_data):
-  from nngk_jax import pipeline
-  bench = tfds_data.BENCHMARKS[name]
+  bench = benchmarks.BENCHMARKS[name]
   (train_lo, train_hi), (test_lo, test_hi) = bench.class_rule
   labels = fake_data.labels[name]["train"] + fake_data.labels[name]["test"]
   with fake_data(name):
@@ -91,7 +93,6 @@ def test_load_benchmark_sop_keeps_tfds_splits(fake_data):
 
 
 def test_load_dataset_by_name_uses_pipeline_options(fake_data):
-  from nngk_jax import data
   with fake_data("cub"):
     ds = data.load_dataset("cub", check_counts=False,
                            pipeline={"resize": 12, "crop": 10})
