@@ -112,8 +112,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "conv4": ConvNet,
     # torchvision's architectures; ImageNet weights: nngk_jax.pretrained.
-    "resnet18": resnet.ResNet18,
-    "resnet50": resnet.ResNet50,
+    **resnet.RESNETS,
 }
 
 

@@ -59,7 +59,7 @@ __all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "convert_torch_resnet",
            "load_backbone_weights", "normalize_imagenet"]
 
 # The architectures whose weights can be read: name -> Flax module.
-ARCHS = {"resnet18": resnet.ResNet18, "resnet50": resnet.ResNet50}
+ARCHS = resnet.RESNETS
 
 # Blocks per stage and block kind of torchvision's ResNets, used to say
 # which architecture a state dict holds when it is not the one asked for.

@@ -42,8 +42,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNet18", "ResNet50",
-           "POOLINGS"]
+__all__ = ["BasicBlock", "Bottleneck", "POOLINGS", "RESNETS", "ResNet",
+           "ResNet18", "ResNet50"]
 
 POOLINGS = ("avg", "max", "avg+max")
 
@@ -218,3 +218,7 @@ ResNet18.__doc__ = "torchvision's ``resnet18`` without ``fc``: see ResNet."
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                              block=Bottleneck)
 ResNet50.__doc__ = "torchvision's ``resnet50`` without ``fc``: see ResNet."
+
+# The architectures by name (the one registry: nngk_jax.models.BACKBONES and
+# nngk_jax.pretrained.ARCHS read it).
+RESNETS = {"resnet18": ResNet18, "resnet50": ResNet50}
