@@ -25,9 +25,9 @@ Phases:
   ``exact_knn``) against all points: the distance matmul alone, then with
   ``jax.lax.top_k``, ``jax.lax.approx_max_k`` and NumPy's ``argpartition``
   for k = 1000, in ms per query.
-* ``exact``: ``retrieval_metrics(search="exact", nmi=False)``, Recall@1,
-  10, 100, 1000, MAP@R and R-precision.
-* ``pynndescent``: the same with ``search="pynndescent"`` (after
+* ``exact``: ``retrieval_metrics(knn_func=knn_function("exact"),
+  nmi=False)``, Recall@1, 10, 100, 1000, MAP@R and R-precision.
+* ``pynndescent``: the same with ``knn_function("pynndescent")`` (after
   ``neighbours.warm_up()``, timed apart: numba's compilation), with its
   ``search_recall`` on 1,000 sampled queries and the change of every metric
   from exact.
@@ -180,7 +180,8 @@ def _phase_topk(x, labels, args) -> dict:
 def _phase_exact(x, labels, args) -> dict:
   from nngk_jax import metrics
   return metrics.retrieval_metrics(x, labels, recall_ks=args["recall_ks"],
-                                   nmi=False, search="exact")
+                                   nmi=False,
+                                   knn_func=metrics.knn_function("exact"))
 
 
 def _phase_pynndescent(x, labels, args) -> dict:
@@ -188,8 +189,8 @@ def _phase_pynndescent(x, labels, args) -> dict:
   warm = neighbours.warm_up("pynndescent")
   start = time.perf_counter()
   out = metrics.retrieval_metrics(
-      x, labels, recall_ks=args["recall_ks"], nmi=False, search="pynndescent",
-      search_recall_queries=1000)
+      x, labels, recall_ks=args["recall_ks"], nmi=False,
+      knn_func=metrics.knn_function("pynndescent", search_recall_queries=1000))
   out["seconds_after_warm_up"] = time.perf_counter() - start
   out["warm_up_s"] = warm
   return out
