@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from nngk_jax import resnet
-from nngk_jax.geometry import l2_normalize
 
 __all__ = ["BACKBONES", "ConvNet", "EmbeddingNet", "MLP", "SmallCNN",
            "get_backbone"]
@@ -181,7 +180,8 @@ class EmbeddingNet(nn.Module):
     if self.embed_dim is not None:
       embeddings = nn.Dense(self.embed_dim, name="embedding")(features)
     if self.normalize:
-      embeddings = l2_normalize(embeddings)
+      norm = jnp.sqrt(jnp.sum(embeddings * embeddings, -1, keepdims=True))
+      embeddings = embeddings / jnp.maximum(norm, 1e-12)
     if self.num_proxies is not None:
       self.param("proxies",
                  nn.initializers.normal((2.0 / self.num_proxies) ** 0.5),
