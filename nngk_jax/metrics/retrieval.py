@@ -498,7 +498,8 @@ def retrieval_metrics(
     kmeans_func: the clustering of NMI; None for
       ``kmeans_function("auto")``.
     nmi: whether to compute NMI.
-    seed: the seed passed to ``kmeans_func``.
+    seed: the seed passed to ``kmeans_func`` (a search's own seed is
+      given to :func:`knn_function`).
     search: deprecated: ``knn_func=knn_function(search, seed=seed)``
       instead (the name of a search, ``"exact"`` or ``"pynndescent"``).
     nmi_method: deprecated: ``kmeans_func=kmeans_function(nmi_method)``
