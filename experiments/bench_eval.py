@@ -25,9 +25,9 @@ Phases:
   ``exact_knn``) against all points: the distance matmul alone, then with
   ``jax.lax.top_k``, ``jax.lax.approx_max_k`` and NumPy's ``argpartition``
   for k = 1000, in ms per query.
-* ``exact``: ``retrieval_metrics(search="exact", nmi=False)``, Recall@1,
-  10, 100, 1000, MAP@R and R-precision.
-* ``pynndescent``: the same with ``search="pynndescent"`` (after
+* ``exact``: ``retrieval_metrics(knn_func=knn_function("exact"),
+  nmi=False)``, Recall@1, 10, 100, 1000, MAP@R and R-precision.
+* ``pynndescent``: the same with ``knn_function("pynndescent")`` (after
   ``neighbours.warm_up()``, timed apart: numba's compilation), with its
   ``search_recall`` on 1,000 sampled queries and the change of every metric
   from exact.
@@ -135,22 +135,25 @@ def _phase_topk(x, labels, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from nngk_jax import knn
+  from nngk_jax import geometry, knn
   del labels
   n = x.shape[0]
   k = min(1000, n - 1)
   chunk = max(1, min(n, knn._DEFAULT_MAX_ELEMENTS // n))  # exact_knn's default
   data = jnp.asarray(x)
   queries = jnp.asarray(x[:chunk])
-  dist = jax.jit(knn.pairwise_squared_distances)
+  # exact_knn's formulation: the expansion, one matmul per chunk.
+  squared = functools.partial(geometry.pairwise_squared_distances,
+                              method="matmul")
+  dist = jax.jit(squared)
 
   @functools.partial(jax.jit, static_argnames="k")
   def top_k(q, d, k):
-    return jax.lax.top_k(-knn.pairwise_squared_distances(q, d), k)
+    return jax.lax.top_k(-squared(q, d), k)
 
   @functools.partial(jax.jit, static_argnames="k")
   def approx_max_k(q, d, k):
-    return jax.lax.approx_max_k(-knn.pairwise_squared_distances(q, d), k)
+    return jax.lax.approx_max_k(-squared(q, d), k)
 
   def per_query_ms(fn, repeats=3):
     jax.block_until_ready(fn())  # Compile.
@@ -177,7 +180,8 @@ def _phase_topk(x, labels, args) -> dict:
 def _phase_exact(x, labels, args) -> dict:
   from nngk_jax import metrics
   return metrics.retrieval_metrics(x, labels, recall_ks=args["recall_ks"],
-                                   nmi=False, search="exact")
+                                   nmi=False,
+                                   knn_func=metrics.knn_function("exact"))
 
 
 def _phase_pynndescent(x, labels, args) -> dict:
@@ -185,8 +189,8 @@ def _phase_pynndescent(x, labels, args) -> dict:
   warm = neighbours.warm_up("pynndescent")
   start = time.perf_counter()
   out = metrics.retrieval_metrics(
-      x, labels, recall_ks=args["recall_ks"], nmi=False, search="pynndescent",
-      search_recall_queries=1000)
+      x, labels, recall_ks=args["recall_ks"], nmi=False,
+      knn_func=metrics.knn_function("pynndescent", search_recall_queries=1000))
   out["seconds_after_warm_up"] = time.perf_counter() - start
   out["warm_up_s"] = warm
   return out

@@ -4,6 +4,8 @@ Submodules:
   loss        pure, jit-able losses (``gaussian_kernel_loss``, ...)
   neighbours  host-side neighbour graph over the centre bank (PyNNDescent)
   knn         exact chunked k-nearest-neighbour search
+  geometry    squared distances and L2 normalisation (the only ones)
+  checks      input checks
   data        datasets by name as random-access splits, batch samplers;
               its modules: splits, samplers, pipeline (image input
               pipeline: decode, resize, crop, flip; grain), digits, glyphs,
@@ -14,7 +16,8 @@ Submodules:
   resnet      ResNet-18 / ResNet-50 (torchvision layout)
   pretrained  ImageNet weights from torchvision / timm safetensors files
   objectives  losses by name, as the trainer uses them
-  metrics     Recall@K, MAP@R, R-precision, NMI, accuracy
+  metrics     Recall@K, MAP@R, R-precision, NMI, accuracy (a package:
+              retrieval, clustering)
   train       the training loop and command line
   checkpoint  Orbax checkpoints guarded by the config
 """

@@ -32,6 +32,14 @@ def check_positive_scalar(name: str, value: Any) -> None:
       raise ValueError(f"{name} must be a positive scalar, got {value!r}")
 
 
+def check_non_negative_scalar(name: str, value: Any) -> None:
+  """``value`` is a scalar >= 0 (skipped for tracers)."""
+  if is_concrete(value):
+    array = np.asarray(value)
+    if array.ndim != 0 or not array >= 0:
+      raise ValueError(f"{name} must be a non-negative scalar, got {value!r}")
+
+
 def check_rank(name: str, x: Any, ndim: int, shape_doc: str) -> None:
   """``x`` has ``ndim`` dimensions; ``shape_doc`` reads like ``[batch, dim]``."""
   if jnp.ndim(x) != ndim:
@@ -65,6 +73,23 @@ def positive_int(name: str, value: Any) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
       value < 1):
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+  """``value`` as an ``int`` if it is an integer >= 0 (bools refused).
+
+  Examples:
+    >>> non_negative_int("max_iter", 0)
+    0
+    >>> non_negative_int("max_iter", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_iter must be a non-negative integer, got -1
+  """
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < 0):
+    raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
   return int(value)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from nngk_jax import bank as banklib
 from nngk_jax import checks
 from nngk_jax import data as datalib
+from nngk_jax import geometry as geometrylib
 from nngk_jax import loss as losses
 from nngk_jax import metrics as metriclib
 from nngk_jax import neighbours as neighbourlib
@@ -66,8 +67,7 @@ def in_geometry(embeddings: np.ndarray, geometry: str) -> np.ndarray:
   """``embeddings`` as scored in ``geometry`` (cosine: L2-normalised rows)."""
   if geometry == "euclidean":
     return embeddings
-  norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-  return embeddings / np.maximum(norms, 1e-12)
+  return np.asarray(geometrylib.l2_normalize(embeddings))
 
 
 def evaluate(state: TrainState, dataset: datalib.Dataset, config,
@@ -94,8 +94,9 @@ def evaluate(state: TrainState, dataset: datalib.Dataset, config,
   results = metriclib.retrieval_metrics(
       test_emb, dataset.test.labels, recall_ks=tuple(config.recall_ks),
       nmi=config.nmi, seed=config.seed,
-      search=config.get("eval_search", "exact"),
-      nmi_method=config.get("nmi_method", "auto"))
+      knn_func=metriclib.knn_function(config.get("eval_search", "exact"),
+                                      seed=config.seed),
+      kmeans_func=metriclib.kmeans_function(config.get("nmi_method", "auto")))
   results["geometry"] = geometry
   if dataset.protocol == "classification":
     train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)

@@ -29,42 +29,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["exact_knn", "pairwise_squared_distances"]
+from nngk_jax.checks import positive_int
+from nngk_jax.geometry import pairwise_squared_distances
+
+__all__ = ["exact_knn"]
 
 # Largest number of squared distances held at once (float32: 4 bytes each).
 _DEFAULT_MAX_ELEMENTS = 1 << 25  # 32M distances = 128 MiB
 
 
-def pairwise_squared_distances(queries: jax.Array, data: jax.Array) -> jax.Array:
-  r"""Squared Euclidean distances between every query and every data point.
-
-  .. math::
-    d_{ij} = \|q_i\|^2 + \|x_j\|^2 - 2\, q_i \cdot x_j
-
-  clipped at zero (the expansion can go slightly negative in float32).
-
-  Args:
-    queries: ``[num_queries, dim]``.
-    data: ``[num_data, dim]``.
-
-  Returns:
-    ``[num_queries, num_data]`` squared distances.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> d = pairwise_squared_distances(jnp.zeros((1, 2)), jnp.array([[3., 4.]]))
-    >>> float(d[0, 0])
-    25.0
-  """
-  q2 = jnp.sum(queries * queries, axis=-1)[:, None]
-  x2 = jnp.sum(data * data, axis=-1)[None, :]
-  cross = queries @ data.T
-  return jnp.maximum(q2 + x2 - 2.0 * cross, 0.0)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
 def _knn_chunk(queries, data, query_ids, *, k, exclude_self):
-  d2 = pairwise_squared_distances(queries, data)
+  # The expansion (one matmul, [chunk, N] memory), clipped at 0.
+  d2 = pairwise_squared_distances(queries, data, method="matmul")
   if exclude_self:
     own = query_ids[:, None] == jnp.arange(data.shape[0])[None, :]
     d2 = jnp.where(own, jnp.inf, d2)
@@ -98,7 +75,8 @@ def exact_knn(
     nearest first. Ties are broken towards the lower index.
 
   Raises:
-    ValueError: on mismatched shapes or a ``k`` the data cannot supply.
+    ValueError: on mismatched shapes, a ``k`` or ``chunk_size`` that is not
+      a positive integer, or a ``k`` the data cannot supply.
 
   Examples:
     >>> import numpy as np
@@ -114,9 +92,10 @@ def exact_knn(
         f"exact_knn: queries and data must be [Q, D] and [N, D] with the same D;"
         f" got {queries.shape} and {data.shape}")
   num_data = data.shape[0]
+  k = positive_int("exact_knn: k", k)
   exclude_self = query_ids is not None
   available = num_data - 1 if exclude_self else num_data
-  if not 1 <= k <= available:
+  if k > available:
     raise ValueError(
         f"exact_knn: k={k} neighbours requested but only {available} are"
         f" available among {num_data} data points"
@@ -130,6 +109,7 @@ def exact_knn(
         f"exact_knn: query_ids must be [{num_queries}], got {query_ids.shape}")
   if chunk_size is None:
     chunk_size = max(1, min(num_queries, _DEFAULT_MAX_ELEMENTS // max(num_data, 1)))
+  chunk_size = positive_int("exact_knn: chunk_size", chunk_size)
   data_dev = jnp.asarray(data)
   out_idx = np.empty((num_queries, k), np.int32)
   out_d2 = np.empty((num_queries, k), np.float32)

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nngk_jax import geometry
 from nngk_jax import resnet
 
 __all__ = ["BACKBONES", "ConvNet", "EmbeddingNet", "MLP", "SmallCNN",
@@ -179,8 +180,7 @@ class EmbeddingNet(nn.Module):
     if self.embed_dim is not None:
       embeddings = nn.Dense(self.embed_dim, name="embedding")(features)
     if self.normalize:
-      norm = jnp.sqrt(jnp.sum(embeddings * embeddings, -1, keepdims=True))
-      embeddings = embeddings / jnp.maximum(norm, 1e-12)
+      embeddings = geometry.l2_normalize(embeddings)
     if self.num_proxies is not None:
       self.param("proxies",
                  nn.initializers.normal((2.0 / self.num_proxies) ** 0.5),

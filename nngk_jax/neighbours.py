@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from nngk_jax.checks import check_finite_rows
+from nngk_jax.checks import non_negative_int
+from nngk_jax.checks import positive_int
 from nngk_jax.knn import exact_knn
 
 __all__ = [
@@ -280,19 +283,8 @@ def _check_points(name: str, points: Any) -> np.ndarray:
         f"{name} must be a non-empty 2-D [N, D] array, got shape {points.shape}")
   if not np.issubdtype(points.dtype, np.floating):
     raise ValueError(f"{name} must have a float dtype, got {points.dtype}")
-  bad_rows = ~np.isfinite(points).all(axis=1)
-  if bad_rows.any():
-    raise ValueError(
-        f"{name} has {int(bad_rows.sum())} of {points.shape[0]} rows with NaN"
-        f" or inf values (first: row {int(np.flatnonzero(bad_rows)[0])})")
+  check_finite_rows(name, points)
   return np.ascontiguousarray(points, np.float32)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-  return int(value)
 
 
 def _check_backend(backend: str) -> GraphBackend:
@@ -393,13 +385,13 @@ def build_neighbour_graph(
   """
   centres = _check_points("centres", centres)
   num_centres = centres.shape[0]
-  k = _check_int("k", k, 1)
+  k = positive_int("k", k)
   if k >= num_centres:
     raise ValueError(
         f"k={k} neighbours need a bank of more than {k} centres,"
         f" got N={num_centres}")
   graph_backend = _check_backend(backend)
-  num_same_class = _check_int("num_same_class", num_same_class, 0)
+  num_same_class = non_negative_int("num_same_class", num_same_class)
   if centre_labels is not None:
     centre_labels = np.asarray(centre_labels)
     if centre_labels.shape != (num_centres,):
@@ -466,7 +458,7 @@ def query_neighbours(
         f"queries are {queries.shape[1]}-D but data are {data.shape[1]}-D"
         f" (shapes {queries.shape} and {data.shape})")
   num_data = data.shape[0]
-  k = _check_int("k", k, 1)
+  k = positive_int("k", k)
   if k > num_data:
     raise ValueError(
         f"k={k} neighbours need a bank of at least {k} data points,"
@@ -501,7 +493,7 @@ def approximate_self_neighbours(
   """
   points = _check_points("points", points)
   num_points = points.shape[0]
-  k = _check_int("k", k, 1)
+  k = positive_int("k", k)
   if k >= num_points:
     raise ValueError(f"k={k} neighbours need more than {k} points, got "
                      f"{num_points}")

@@ -62,7 +62,9 @@ def test_exact_knn_errors():
     knn.exact_knn(x, np.zeros((4, 3)), k=1)
   with pytest.raises(ValueError, match="k=4 neighbours requested but only 3"):
     knn.exact_knn(x, x, k=4, query_ids=np.arange(4))
-  with pytest.raises(ValueError, match="k=0"):
+  with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
     knn.exact_knn(x, x, k=0)
+  with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    knn.exact_knn(x, x, k=1, chunk_size=0)
   with pytest.raises(ValueError, match=r"query_ids must be \[4\], got \(3,\)"):
     knn.exact_knn(x, x, k=1, query_ids=np.arange(3))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from nngk_jax.geometry import pairwise_squared_distances
 from nngk_jax.loss.nngk import gaussian_kernel_loss
 from nngk_jax.loss.pairwise import nca_loss
-from nngk_jax.loss.pairwise import pairwise_squared_distances
 from nngk_jax.loss.pairwise import triplet_semihard_loss
 
 

@@ -9,10 +9,10 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
+from nngk_jax.geometry import NORM_EPSILON
 from nngk_jax.loss.proxy import normalized_softmax_loss
 from nngk_jax.loss.proxy import proxy_anchor_loss
 from nngk_jax.loss.proxy import proxy_nca_loss
-from nngk_jax.loss.vmf import NORM_EPSILON
 from nngk_jax.loss.vmf import vmf_loss
 
 

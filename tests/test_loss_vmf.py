@@ -10,8 +10,8 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from nngk_jax.loss.vmf import NORM_EPSILON
-from nngk_jax.loss.vmf import l2_normalize
+from nngk_jax.geometry import NORM_EPSILON
+from nngk_jax.geometry import l2_normalize
 from nngk_jax.loss.vmf import vmf_class_means
 from nngk_jax.loss.vmf import vmf_loss
 

@@ -9,6 +9,8 @@ import pytest
 from sklearn.cluster import KMeans
 
 from nngk_jax import metrics
+from nngk_jax import neighbours
+from nngk_jax.metrics import clustering
 
 # Classes of different sizes, including a singleton (label 5).
 _CLASS_SIZES = {0: 7, 1: 4, 2: 9, 3: 2, 4: 6, 5: 1}
@@ -146,8 +148,60 @@ def test_accuracy_matches_loop_reference():
 def test_chunk_size_does_not_change_result():
   embeddings, labels = _random_problem(5)
   whole = metrics.retrieval_metrics(embeddings, labels, nmi=False)
-  chunked = metrics.retrieval_metrics(embeddings, labels, nmi=False, chunk_size=7)
+  chunked = metrics.retrieval_metrics(
+      embeddings, labels, nmi=False,
+      knn_func=metrics.knn_function("exact", chunk_size=7))
   assert whole == chunked
+
+
+def _loop_knn(queries, data, k, query_ids=None):
+  """A search written as a loop: ties to the lower index, self excluded."""
+  indices = []
+  for q, query in enumerate(queries.astype(np.float64)):
+    scored = sorted(
+        (float(np.sum((query - row) ** 2)), j)
+        for j, row in enumerate(data.astype(np.float64))
+        if query_ids is None or j != query_ids[q])
+    indices.append([j for _, j in scored[:k]])
+  return np.array(indices)
+
+
+def test_callables_replace_search_and_clustering():
+  embeddings, labels = _random_problem(11)
+  ks = (1, 2, 4)
+  calls = []
+
+  def clusters(x, num_clusters, seed):
+    calls.append((x.dtype, num_clusters, seed))
+    return np.arange(len(x)) % num_clusters
+
+  got = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, seed=5,
+                                  knn_func=_loop_knn, kmeans_func=clusters)
+  want = _reference_metrics(embeddings, labels, ks)
+  for name in want:
+    assert got[name] == pytest.approx(want[name], abs=1e-12), name
+  assert calls == [(np.float32, len(_CLASS_SIZES), 5)]
+  assert got["nmi"] == pytest.approx(
+      _reference_nmi(labels, np.arange(len(labels)) % len(_CLASS_SIZES)))
+  assert "search_recall" not in got
+
+
+def test_named_functions_and_deprecated_names_agree():
+  embeddings, labels = _random_problem(12)
+  default = metrics.retrieval_metrics(embeddings, labels)
+  named = metrics.retrieval_metrics(
+      embeddings, labels, knn_func=metrics.knn_function("exact"),
+      kmeans_func=metrics.kmeans_function("auto"))
+  with pytest.warns(DeprecationWarning, match="knn_function"):
+    old = metrics.retrieval_metrics(embeddings, labels, search="exact",
+                                    nmi_method="auto")
+  assert default == named == old
+  jax_nmi = metrics.retrieval_metrics(
+      embeddings, labels, kmeans_func=metrics.kmeans_function("jax"))["nmi"]
+  assert jax_nmi == metrics.nmi_kmeans(embeddings, labels, method="jax")
+  with pytest.warns(DeprecationWarning, match="kmeans_function"):
+    assert metrics.retrieval_metrics(
+        embeddings, labels, nmi_method="jax")["nmi"] == jax_nmi
 
 
 # ---------------------------------------------------------- hand-worked cases
@@ -236,10 +290,36 @@ def test_retrieval_metrics_errors():
     metrics.retrieval_metrics(x[:1], np.zeros(1, int))
   bad = x.copy()
   bad[0, 0], bad[2, 1] = np.nan, np.inf
-  with pytest.raises(ValueError, match="2 of 4 embedding rows contain NaN or inf"):
+  with pytest.raises(ValueError,
+                     match="2 of 4 embeddings are NaN or infinite in float32"):
     metrics.retrieval_metrics(bad, np.zeros(4, int))
   with pytest.raises(ValueError, match="recall_ks"):
     metrics.retrieval_metrics(x, np.zeros(4, int), recall_ks=(0,))
+
+
+def test_bad_callables_are_caught():
+  embeddings, labels = _random_problem(13)
+  with_self = lambda q, d, k, query_ids=None: _loop_knn(q, d, k)  # noqa: E731
+  with pytest.raises(ValueError, match="own neighbours .*query_ids"):
+    metrics.retrieval_metrics(embeddings, labels, nmi=False,
+                              knn_func=with_self)
+  short = lambda q, d, k, query_ids=None: _loop_knn(q, d, k - 1, query_ids)  # noqa: E731
+  with pytest.raises(ValueError, match=r"knn_func must return \[N, k\]"):
+    metrics.retrieval_metrics(embeddings, labels, nmi=False, knn_func=short)
+  outside = lambda q, d, k, query_ids=None: np.full((len(q), k), len(d))  # noqa: E731
+  with pytest.raises(ValueError, match="outside"):
+    metrics.retrieval_metrics(embeddings, labels, nmi=False, knn_func=outside)
+  with pytest.raises(ValueError, match=r"kmeans_func must return \[N\]"):
+    metrics.retrieval_metrics(embeddings, labels,
+                              kmeans_func=lambda x, n, seed: np.zeros(3, int))
+  with pytest.raises(ValueError, match="knn_func must be callable"):
+    metrics.retrieval_metrics(embeddings, labels, knn_func="exact")
+  with pytest.raises(ValueError, match="not both"):
+    metrics.retrieval_metrics(embeddings, labels, search="exact",
+                              knn_func=metrics.knn_function("exact"))
+  with pytest.raises(ValueError, match="not both"):
+    metrics.retrieval_metrics(embeddings, labels, nmi_method="jax",
+                              kmeans_func=metrics.kmeans_function("jax"))
 
 
 def test_ranked_label_errors():
@@ -349,13 +429,14 @@ def test_jax_nmi_is_one_on_separated_clusters_like_sklearn(num_classes):
 def test_auto_nmi_uses_jax_kmeans_for_many_clusters(monkeypatch):
   embeddings, labels = _separated_clusters(num_classes=300, per_class=3, dim=8)
   # 300 > 200 clusters: "auto" must not reach scikit-learn's KMeans.
-  monkeypatch.setattr(metrics, "KMeans", None)
+  monkeypatch.setattr(clustering, "KMeans", None)
   nmi = metrics.nmi_kmeans(embeddings, labels)
   # Batched seeding (3 centres a round) may seed a cluster twice; close to 1.
   assert 0.99 <= nmi <= 1.0
   assert metrics.retrieval_metrics(
-      embeddings, labels, recall_ks=(1,), nmi_method="jax",
-      nmi_max_iter=5)["nmi"] >= 0.99
+      embeddings, labels, recall_ks=(1,),
+      kmeans_func=metrics.kmeans_function("jax", max_iter=5))["nmi"] >= 0.99
+  assert metrics.retrieval_metrics(embeddings, labels, recall_ks=(1,))["nmi"] == nmi
 
 
 def test_random_init_is_distinct_points():
@@ -392,22 +473,36 @@ class _FakeIndex:
 
 
 def test_approximate_search_rows_are_cleaned_and_recall_reported(monkeypatch):
-  monkeypatch.setattr(metrics.neighbourlib, "_pynndescent_index", _FakeIndex)
+  monkeypatch.setattr(neighbours, "_pynndescent_index", _FakeIndex)
   embeddings, labels = _random_problem(9)
   ks = (1, 2, 4, 8)
   exact = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
+  search = metrics.knn_function("pynndescent", search_recall_queries=1000)
   approx = metrics.retrieval_metrics(
-      embeddings, labels, recall_ks=ks, nmi=False, search="pynndescent",
-      search_recall_queries=1000)
+      embeddings, labels, recall_ks=ks, nmi=False, knn_func=search)
   # Every query is sampled; one of the N k neighbours is missed (row 4).
   k = 8  # max(max K, max R) with the largest class of 9.
   assert approx.pop("search_recall") == pytest.approx(1 - 1 / (len(labels) * k))
+  assert search.search_recall == pytest.approx(1 - 1 / (len(labels) * k))
   for name in exact:
     assert approx[name] == pytest.approx(exact[name], abs=1 / len(labels)), name
   without = metrics.retrieval_metrics(
-      embeddings, labels, recall_ks=ks, nmi=False, search="pynndescent",
-      search_recall_queries=0)
+      embeddings, labels, recall_ks=ks, nmi=False,
+      knn_func=metrics.knn_function("pynndescent", search_recall_queries=0))
   assert "search_recall" not in without
+  with pytest.warns(DeprecationWarning):
+    old = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks,
+                                    nmi=False, search="pynndescent")
+  assert old == {**approx, "search_recall": old["search_recall"]}
+  # Queries that are not the data: no self exclusion, recall still measured.
+  queries = embeddings[:10] + 0.01
+  found = search(queries, embeddings, 5)
+  want = _loop_knn(queries, embeddings, 5)
+  for row in (1, 2, 5, 6, 7, 8, 9):  # 1 and 2 repaired exactly
+    np.testing.assert_array_equal(found[row], want[row])
+  assert search.search_recall == pytest.approx(1 - 1 / (10 * 5))  # row 4
+  with pytest.raises(ValueError, match="query_ids = arange"):
+    search(queries, embeddings, 3, query_ids=np.arange(10))
 
 
 @pytest.mark.slow  # NN-descent's numba compilation: about 45 s per process.
@@ -418,20 +513,22 @@ def test_pynndescent_search_close_to_exact():
   embeddings = (means[labels] + 0.5 * rng.normal(size=(600, 16))).astype(np.float32)
   ks = (1, 10, 100)
   exact = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
-  approx = metrics.retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False,
-                                     search="pynndescent", search_recall_queries=200)
+  approx = metrics.retrieval_metrics(
+      embeddings, labels, recall_ks=ks, nmi=False,
+      knn_func=metrics.knn_function("pynndescent", search_recall_queries=200))
   assert approx.pop("search_recall") >= 0.95
   for name in exact:
     assert approx[name] == pytest.approx(exact[name], abs=0.02), name
   # k = N - 1: every other point is a neighbour, whatever NN-descent finds.
+  search = metrics.knn_function("pynndescent")
   tiny = metrics.retrieval_metrics(embeddings[:20], labels[:20], recall_ks=(19,),
-                                   nmi=False, search="pynndescent")
+                                   nmi=False, knn_func=search)
   assert tiny.pop("search_recall") == 1.0
   assert tiny == metrics.retrieval_metrics(embeddings[:20], labels[:20],
                                            recall_ks=(19,), nmi=False)
   # Fewer than 16 points: searched exactly.
   small = metrics.retrieval_metrics(embeddings[:12], labels[:12], recall_ks=(1,),
-                                    nmi=False, search="pynndescent")
+                                    nmi=False, knn_func=search)
   assert small.pop("search_recall") == 1.0
   assert small == metrics.retrieval_metrics(embeddings[:12], labels[:12],
                                             recall_ks=(1,), nmi=False)
@@ -440,7 +537,8 @@ def test_pynndescent_search_close_to_exact():
 def test_string_labels_with_jax_nmi():
   embeddings, labels = _separated_clusters(num_classes=3, per_class=3)
   names = np.array(["a", "b", "c"])[labels]
-  m = metrics.retrieval_metrics(embeddings, names, nmi_method="jax")
+  m = metrics.retrieval_metrics(embeddings, names,
+                                kmeans_func=metrics.kmeans_function("jax"))
   assert m["map@r"] == 1.0 and m["nmi"] == 1.0
 
 
@@ -449,31 +547,39 @@ def test_kmeans_and_option_errors():
   labels = np.zeros(4, int)
   with pytest.raises(ValueError, match="num_clusters=5 must be in"):
     metrics.kmeans(x, 5)
-  with pytest.raises(ValueError, match="num_clusters must be an integer >= 1"):
+  with pytest.raises(ValueError, match="num_clusters must be a positive integer"):
     metrics.kmeans(x, 0)
   with pytest.raises(ValueError, match="unknown init 'kmeans'"):
     metrics.kmeans(x, 2, init="kmeans")
   with pytest.raises(ValueError, match=r"\[2, 2\]; got shape \(3, 2\)"):
     metrics.kmeans(x, 2, init=np.zeros((3, 2)))
-  with pytest.raises(ValueError, match="max_iter must be an integer >= 0"):
+  with pytest.raises(ValueError, match="max_iter must be a non-negative integer"):
     metrics.kmeans(x, 2, max_iter=-1)
   with pytest.raises(ValueError, match="chunk_size must be"):
     metrics.kmeans(x, 2, chunk_size=0)
   bad = x.copy()
   bad[1, 0] = np.nan
-  with pytest.raises(ValueError, match="1 of 4 embedding rows contain NaN"):
+  with pytest.raises(ValueError, match="1 of 4 embeddings are NaN or infinite"):
     metrics.kmeans(bad, 2)
   with pytest.raises(ValueError, match=r"non-empty \[N, D\]"):
     metrics.kmeans(np.zeros(4), 2)
   with pytest.raises(ValueError, match="unknown method 'faiss'"):
     metrics.nmi_kmeans(x, labels, method="faiss")
-  with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+  with pytest.raises(ValueError, match="max_iter must be a positive integer"):
     metrics.nmi_kmeans(x, labels, max_iter=0)
   with pytest.raises(ValueError, match="unknown search 'faiss'"):
+    metrics.knn_function("faiss")
+  with pytest.raises(ValueError, match="unknown search 'faiss'"):
     metrics.retrieval_metrics(x, labels, search="faiss")
+  with pytest.raises(ValueError, match="unknown method 'kmeans'"):
+    metrics.kmeans_function("kmeans")
   with pytest.raises(ValueError, match="unknown nmi_method 'kmeans'"):
     metrics.retrieval_metrics(x, labels, nmi_method="kmeans")
   with pytest.raises(ValueError, match="search_recall_queries must be"):
-    metrics.retrieval_metrics(x, labels, search_recall_queries=-1)
-  with pytest.raises(ValueError, match="nmi_max_iter must be"):
-    metrics.retrieval_metrics(x, labels, nmi_max_iter=0)
+    metrics.knn_function("pynndescent", search_recall_queries=-1)
+  with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    metrics.knn_function("exact", chunk_size=0)
+  with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+    metrics.kmeans_function("jax", max_iter=0)
+  with pytest.raises(ValueError, match="n_init must be a positive integer"):
+    metrics.kmeans_function("sklearn", n_init=0)

@@ -156,13 +156,13 @@ _POINTS = np.random.default_rng(4).normal(size=(150, 3)).astype(np.float32)
 @pytest.mark.parametrize("kwargs, match", [
     (dict(k=200), r"k=200 .*N=150"),
     (dict(k=150), r"k=150 .*N=150"),
-    (dict(k=0), r"k=0"),
-    (dict(k=2.5), r"k=2.5"),
+    (dict(k=0), r"k must be a positive integer, got 0"),
+    (dict(k=2.5), r"k must be a positive integer, got 2.5"),
     (dict(k=3, backend="faiss"), r"'faiss'.*'exact', 'pynndescent'"),
     (dict(k=3, centre_labels=np.zeros(149, int)), r"\(149,\)"),
     (dict(k=3, num_same_class=2), r"num_same_class=2 needs centre_labels"),
     (dict(k=3, centre_labels=np.zeros(150, int), num_same_class=-1),
-     r"num_same_class=-1"),
+     r"num_same_class must be a non-negative integer, got -1"),
 ])
 def test_build_rejects_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -174,7 +174,8 @@ def test_build_rejects_non_finite_centres():
   points = _POINTS.copy()
   points[[4, 9], 1] = np.nan
   points[11, 0] = np.inf
-  with pytest.raises(ValueError, match=r"3 of 150 rows .*first: row 4"):
+  with pytest.raises(ValueError,
+                     match=r"3 of 150 centres are NaN or infinite \(first bad row: 4\)"):
     neighbours.build_neighbour_graph(points, k=3, backend="exact")
   with pytest.raises(ValueError, match=r"2-D.*\(150,\)"):
     neighbours.build_neighbour_graph(_POINTS[:, 0], k=3, backend="exact")
@@ -186,11 +187,11 @@ def test_build_rejects_non_finite_centres():
 def test_query_rejects_bad_arguments():
   with pytest.raises(ValueError, match=r"k=151 .*N=150"):
     neighbours.query_neighbours(_POINTS, _POINTS[:2], k=151)
-  with pytest.raises(ValueError, match=r"k=0"):
+  with pytest.raises(ValueError, match=r"k must be a positive integer, got 0"):
     neighbours.query_neighbours(_POINTS, _POINTS[:2], k=0)
   with pytest.raises(ValueError, match=r"4-D but data are 3-D"):
     neighbours.query_neighbours(_POINTS, np.zeros((2, 4), np.float32), k=1)
-  with pytest.raises(ValueError, match=r"queries has 1 of 2 rows"):
+  with pytest.raises(ValueError, match=r"1 of 2 queries are NaN or infinite"):
     neighbours.query_neighbours(
         _POINTS, np.array([[0, 0, 0], [0, np.nan, 0]], np.float32), k=1)
   with pytest.raises(ValueError, match=r"'annoy'"):

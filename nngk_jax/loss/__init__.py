@@ -3,8 +3,13 @@
 Each returns a per-example ``[batch]`` array for the caller to reduce, except
 ``proxy_anchor_loss``, which does not decompose per example and returns a
 scalar (it takes a ``where`` mask instead).
+
+``pairwise_squared_distances`` and ``l2_normalize`` are re-exported from
+:mod:`nngk_jax.geometry`, their home.
 """
 
+from nngk_jax.geometry import l2_normalize
+from nngk_jax.geometry import pairwise_squared_distances
 from nngk_jax.loss.group import choose_anchors
 from nngk_jax.loss.group import group_log_probs
 from nngk_jax.loss.group import group_loss
@@ -15,7 +20,6 @@ from nngk_jax.loss.nngk import gaussian_kernel_loss
 from nngk_jax.loss.nngk import kernel_class_log_probs
 from nngk_jax.loss.nngk import neighbour_log_kernels
 from nngk_jax.loss.pairwise import nca_loss
-from nngk_jax.loss.pairwise import pairwise_squared_distances
 from nngk_jax.loss.pairwise import triplet_semihard_loss
 from nngk_jax.loss.proxy import normalized_softmax_loss
 from nngk_jax.loss.proxy import proxy_anchor_loss
@@ -23,7 +27,6 @@ from nngk_jax.loss.proxy import proxy_nca_loss
 from nngk_jax.loss.rank import rank_approximation_loss
 from nngk_jax.loss.rank import rank_transfer
 from nngk_jax.loss.rank import smooth_ranks
-from nngk_jax.loss.vmf import l2_normalize
 from nngk_jax.loss.vmf import vmf_class_means
 from nngk_jax.loss.vmf import vmf_loss
 

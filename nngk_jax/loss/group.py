@@ -56,8 +56,11 @@ import numpy as np
 
 # Shared with nngk.py so that every loss words its errors the same way.
 from nngk_jax.checks import check_dtype as _check_dtype
+from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.checks import check_rank as _check_rank
 from nngk_jax.checks import is_concrete as _is_concrete
+from nngk_jax.checks import non_negative_int
+from nngk_jax.geometry import l2_normalize
 
 __all__ = [
     "GROUP_LOSS_EPSILON",
@@ -72,23 +75,6 @@ __all__ = [
 GROUP_LOSS_EPSILON = 1e-12
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _check_temperature(temperature: Any) -> None:
-  if _is_concrete(temperature):
-    value = np.asarray(temperature)
-    if value.ndim != 0 or not value > 0:
-      raise ValueError(
-          f"temperature must be a positive scalar, got {temperature!r}")
-
-
-def _check_num_iterations(num_iterations: Any) -> None:
-  if (isinstance(num_iterations, bool)
-      or not isinstance(num_iterations, (int, np.integer))
-      or num_iterations < 0):
-    raise ValueError(
-        "num_iterations must be a non-negative Python int (it is static), "
-        f"got {num_iterations!r}")
 
 
 def _check_group_inputs(embeddings, logits, labels, anchor_mask) -> None:
@@ -132,9 +118,9 @@ def pearson_affinity(embeddings: jax.Array, *,
 
   (the correlation across features of two embeddings, as in the official
   code), with :math:`W_{ii} = 0` when ``zero_diagonal``. Each centred row is
-  divided by its largest absolute entry (a constant for autodiff: the result
-  does not depend on it) before its norm is taken, so nothing overflows at
-  any norm. A row with zero variance gets correlation 0 with every row, and
+  normalised by :func:`nngk_jax.geometry.l2_normalize` (scaled by a power
+  of two before its norm is taken), so nothing overflows at any norm. A row
+  with zero variance gets correlation 0 with every row, and
   a zero (not NaN) gradient; "zero" means that its largest centred entry is
   within rounding error, ``dim * eps * max_d |f_id|``, of 0 (so a constant
   row of 0.3 in float32 is constant, not a pattern of rounding noise).
@@ -174,10 +160,9 @@ def pearson_affinity(embeddings: jax.Array, *,
       jnp.max(jnp.abs(embeddings), axis=1, keepdims=True))
   # `~(a <= b)` rather than `a > b`, here and below, so NaN stays NaN.
   has_variance = ~(scale <= noise)
-  centred = centred / jnp.where(has_variance, scale, 1.0)
-  sq_norm = jnp.sum(centred * centred, axis=1, keepdims=True)
-  unit = centred / jnp.sqrt(jnp.where(has_variance, sq_norm, 1.0))
-  unit = jnp.where(has_variance, unit, 0.0)
+  # eps=0: any row with variance gets unit norm, at any scale; the others
+  # are zero, with zero gradient.
+  unit = l2_normalize(jnp.where(has_variance, centred, 0.0), axis=1, eps=0.0)
   affinity = jax.nn.relu(jnp.matmul(unit, unit.T, precision=_HIGHEST))
   if zero_diagonal:
     affinity = jnp.where(jnp.eye(affinity.shape[0], dtype=bool), 0.0,
@@ -270,8 +255,8 @@ def group_log_probs(
     arXiv:1912.00385. Official code: github.com/dvl-tum/group_loss.
   """
   _check_group_inputs(embeddings, logits, labels, anchor_mask)
-  _check_temperature(temperature)
-  _check_num_iterations(num_iterations)
+  _check_positive_scalar("temperature", temperature)
+  num_iterations = non_negative_int("num_iterations", num_iterations)
   num_classes = jnp.shape(logits)[1]
   affinity = pearson_affinity(embeddings, zero_diagonal=zero_diagonal)
   log_prior = jax.nn.log_softmax(logits / temperature, axis=1)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from nngk_jax.checks import check_dtype as _check_dtype
 from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.checks import check_rank as _check_rank
+from nngk_jax.checks import positive_int
 
 __all__ = [
     "MIN_PROBABILITY",
@@ -219,8 +220,7 @@ def kernel_class_log_probs(
   _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
                      centre_log_weights, neighbour_mask)
   _check_sigma(sigma)
-  if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  num_classes = positive_int("num_classes", num_classes)
   neighbour_labels = jnp.take(centre_labels, neighbour_idx, axis=0)  # [B, K]
   one_hot = neighbour_labels[..., None] == jnp.arange(num_classes)  # [B,K,C]
   log_num, log_den = _log_numerator_denominator(
@@ -345,11 +345,8 @@ def gaussian_kernel_loss(
     raise ValueError(
         f"labels has {jnp.shape(labels)[0]} entries for a batch of "
         f"{jnp.shape(embeddings)[0]} embeddings")
-  if num_classes is not None and (
-      isinstance(num_classes, bool) or not isinstance(num_classes, int)
-      or num_classes < 1):
-    raise ValueError(
-        f"num_classes must be a positive int or None, got {num_classes!r}")
+  if num_classes is not None:
+    num_classes = positive_int("num_classes", num_classes)
   neighbour_labels = jnp.take(centre_labels, neighbour_idx, axis=0)  # [B, K]
   same_class = neighbour_labels == labels[:, None]
   log_num, log_den = _log_numerator_denominator(

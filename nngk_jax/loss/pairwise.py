@@ -7,38 +7,29 @@ bool) so that padded rows of a fixed-shape batch drop out: a masked row is
 neither an anchor (its loss is 0) nor anyone's neighbour, positive or
 negative, exactly as if it had been sliced away.
 
-Distances are computed from differences (``[B, B, D]`` memory), not from the
+Distances are computed from differences (``[B, B, D]`` memory,
+:func:`nngk_jax.geometry.pairwise_squared_distances`), not from the
 ``|a|^2 + |b|^2 - 2 a.b`` expansion, which loses every digit for embeddings
 far from the origin (norms of 1e4 in float32) and can go negative.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Shared with nngk.py so that every loss words its errors the same way.
 from nngk_jax.checks import check_dtype as _check_dtype
+from nngk_jax.checks import (
+    check_non_negative_scalar as _check_non_negative_scalar)
+from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.checks import check_rank as _check_rank
-from nngk_jax.checks import is_concrete as _is_concrete
+from nngk_jax.geometry import pairwise_squared_distances
 
 __all__ = [
     "nca_loss",
-    "pairwise_squared_distances",
     "triplet_semihard_loss",
 ]
-
-
-def _check_scalar(name: str, value: Any, *, allow_zero: bool) -> None:
-  if _is_concrete(value):
-    array = np.asarray(value)
-    ok = array.ndim == 0 and (array >= 0 if allow_zero else array > 0)
-    if not ok:
-      kind = "non-negative" if allow_zero else "positive"
-      raise ValueError(f"{name} must be a {kind} scalar, got {value!r}")
 
 
 def _check_batch_inputs(embeddings, labels, where) -> None:
@@ -65,36 +56,6 @@ def _pair_masks(labels, where):
   valid_pair = valid[:, None] & valid[None, :] & ~jnp.eye(batch, dtype=bool)
   same_class = labels[:, None] == labels[None, :]
   return same_class, valid_pair
-
-
-def pairwise_squared_distances(embeddings: jax.Array) -> jax.Array:
-  r"""Squared Euclidean distances between all rows of a batch.
-
-  .. math::
-    d_{ij} = \lVert x_i - x_j \rVert_2^2 = \sum_k (x_{ik} - x_{jk})^2
-
-  Summed over explicit differences: exact (and 0 with gradient 0) for equal
-  rows, never negative, and accurate far from the origin, at the cost of a
-  ``[batch, batch, dim]`` intermediate.
-
-  Args:
-    embeddings: ``[batch, dim]`` float.
-
-  Returns:
-    ``[batch, batch]`` symmetric, zero on the diagonal.
-
-  Raises:
-    ValueError: if ``embeddings`` is not a 2-D float array.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> pairwise_squared_distances(jnp.array([[0., 0.], [3., 4.]])).tolist()
-    [[0.0, 25.0], [25.0, 0.0]]
-  """
-  _check_rank("embeddings", embeddings, 2, "[batch, dim]")
-  _check_dtype("embeddings", embeddings, "float")
-  diff = embeddings[:, None, :] - embeddings[None, :, :]
-  return jnp.sum(diff * diff, axis=-1)
 
 
 def nca_loss(
@@ -152,7 +113,7 @@ def nca_loss(
     (NIPS 2004), 2005.
   """
   _check_batch_inputs(embeddings, labels, where)
-  _check_scalar("sigma", sigma, allow_zero=False)
+  _check_positive_scalar("sigma", sigma)
   same_class, valid_pair = _pair_masks(labels, where)
   log_kernel = -pairwise_squared_distances(embeddings) / (2.0 * sigma**2)
   # `where=` gives -inf with a zero (not NaN) gradient on an empty set.
@@ -249,7 +210,7 @@ def triplet_semihard_loss(
     TensorFlow Addons, ``tfa.losses.triplet_semihard_loss``.
   """
   _check_batch_inputs(embeddings, labels, where)
-  _check_scalar("margin", margin, allow_zero=True)
+  _check_non_negative_scalar("margin", margin)
   if not isinstance(squared, bool):
     raise ValueError(f"squared must be a Python bool, got {squared!r}")
   same_class, valid_pair = _pair_masks(labels, where)

@@ -13,7 +13,7 @@ pushed from the others, so no pairs or triplets need mining.
   returns a scalar and takes a ``where`` mask for padded batches.
 
 All three L2-normalise embeddings and class vectors inside (with
-``nngk_jax.loss.vmf.l2_normalize``, finite at the zero vector), compute cosines
+``nngk_jax.geometry.l2_normalize``, finite at the zero vector), compute cosines
 with one full-precision ``[batch, num_classes]`` matmul (never a
 ``[batch, num_classes, dim]`` tensor, which would not fit for Stanford Online
 Products' 11,318 classes) and stay in log space. They are pure, jit-able and
@@ -135,7 +135,7 @@ def proxy_nca_loss(
 
   The distance is computed as ``2 s^2 (1 - cos)`` from one matmul; it is
   exact for unit vectors, and for a zero embedding or proxy (normalised to
-  zero, see ``nngk_jax.loss.vmf.l2_normalize``) it gives the same loss as
+  zero, see ``nngk_jax.geometry.l2_normalize``) it gives the same loss as
   the true distance up to a constant that cancels.
 
   Args:

@@ -30,6 +30,7 @@ from nngk_jax.checks import check_dtype as _check_dtype
 from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.checks import check_rank as _check_rank
 from nngk_jax.checks import is_concrete as _is_concrete
+from nngk_jax.geometry import l2_normalize
 
 __all__ = [
     "TRANSFERS",
@@ -236,22 +237,6 @@ def _check_transfer(transfer: Any, gamma: Any) -> None:
   _check_positive_scalar("gamma", gamma)
 
 
-def _l2_normalise(embeddings: jax.Array) -> jax.Array:
-  """Rows divided by their L2 norm, without overflow or underflow.
-
-  Each row is first divided by its largest absolute entry, so the squared
-  norm is computed on numbers in ``[-1, 1]`` whatever the scale (1e-30 or
-  1e30 in float32). That scale needs no gradient: the result does not depend
-  on it. An all-zero row stays zero (its cosine similarity to anything is 0).
-  """
-  scale = jnp.max(jnp.abs(embeddings), axis=-1, keepdims=True)
-  scale = jax.lax.stop_gradient(jnp.where(scale > 0, scale, 1.0))
-  scaled = embeddings / scale
-  sq_norm = jnp.sum(scaled * scaled, axis=-1, keepdims=True)
-  # sq_norm >= 1 for a nonzero row; the floor only guards the zero row.
-  return scaled * jax.lax.rsqrt(jnp.maximum(sq_norm, 1.0))
-
-
 def _check_loss_inputs(embeddings, labels, where, temperature, transfer, gamma,
                        margin) -> None:
   _check_rank("embeddings", embeddings, 2, "[batch, dim]")
@@ -396,7 +381,9 @@ def rank_approximation_loss(
   labels = jnp.asarray(labels)
   valid = _valid_mask(where, batch)
   # Padded rows may hold anything, NaN included: zero them first.
-  unit = _l2_normalise(jnp.where(valid[:, None], embeddings, 0.0))
+  # eps=0: every nonzero row gets unit norm at any scale (cosines are scale
+  # free); an all-zero row stays zero (cosine 0 with anything).
+  unit = l2_normalize(jnp.where(valid[:, None], embeddings, 0.0), eps=0.0)
   similarities = jnp.matmul(unit, unit.T,
                             precision=jax.lax.Precision.HIGHEST)
   pair_valid = valid[:, None] & valid[None, :]

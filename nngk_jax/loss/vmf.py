@@ -12,8 +12,9 @@ maximum-likelihood mean directions of all training embeddings, recomputed
 periodically (:func:`vmf_class_means`) and passed to :func:`vmf_loss` as
 constants (the trainer wraps them in ``jax.lax.stop_gradient``).
 
-Both functions are pure and jit-able; :func:`vmf_loss` is vmap-able.
-:func:`l2_normalize` is shared with ``nngk_jax.loss.proxy``.
+Both functions are pure and jit-able; :func:`vmf_loss` is vmap-able. The
+cosines (:func:`_cosine_similarities`, shared with ``nngk_jax.loss.proxy``)
+are those of vectors normalised by :func:`nngk_jax.geometry.l2_normalize`.
 """
 
 from __future__ import annotations
@@ -29,60 +30,13 @@ from nngk_jax.checks import check_dtype as _check_dtype
 from nngk_jax.checks import check_positive_scalar as _check_positive_scalar
 from nngk_jax.checks import check_rank as _check_rank
 from nngk_jax.checks import is_concrete as _is_concrete
+from nngk_jax.checks import positive_int
+from nngk_jax.geometry import l2_normalize
 
 __all__ = [
-    "NORM_EPSILON",
-    "l2_normalize",
     "vmf_class_means",
     "vmf_loss",
 ]
-
-# Vectors shorter than this are divided by it instead of by their norm (as in
-# torch.nn.functional.normalize), so a zero vector maps to zero, not NaN.
-NORM_EPSILON = 1e-12
-
-
-def l2_normalize(x: jax.Array, *, axis: int = -1,
-                 epsilon: float = NORM_EPSILON) -> jax.Array:
-  r"""Scales vectors to unit L2 norm; safe (finite value and gradient) at 0.
-
-  .. math::
-    \hat x = \frac{x}{\max(\lVert x \rVert_2, \epsilon)}
-
-  computed as ``x * rsqrt(max(sum(x^2), epsilon^2))``, so there is no
-  ``sqrt`` of zero and the gradient at ``x = 0`` is the finite
-  ``1 / epsilon`` (the norm itself has a NaN gradient there). A vector with
-  norm below ``epsilon`` comes out with norm below 1 (the zero vector stays
-  zero). The computation is done in at least float32, so half-precision
-  inputs do not underflow ``epsilon^2``; the result has that promoted dtype.
-  Squares overflow float32 for norms above about ``1e19``.
-
-  Args:
-    x: float array of vectors along ``axis``, e.g. ``[batch, dim]``.
-    axis: the vector axis.
-    epsilon: smallest norm divided by.
-
-  Returns:
-    Array of the shape of ``x``; every vector of norm at least ``epsilon``
-    has unit norm.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> l2_normalize(jnp.array([[3., 4.], [0., 0.]])).tolist()
-    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
-  """
-  x = jnp.asarray(x)
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  sq_norm = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, epsilon * epsilon))
-
-
-
-
-def _check_num_classes(num_classes: Any) -> None:
-  if (not isinstance(num_classes, (int, np.integer))
-      or isinstance(num_classes, bool) or num_classes < 1):
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
 
 def _check_labels(labels: Any, batch: int, num_classes: int) -> None:
@@ -166,10 +120,10 @@ def vmf_loss(
 
   The vMF normaliser :math:`C_D(\kappa)` is shared by all classes and cancels.
   Both the embeddings and the class means are L2-normalised here (with
-  :func:`l2_normalize`: a zero vector becomes the zero vector, so a zero
-  embedding or mean gives cosine 0 and finite values and gradients). The
-  log-softmax keeps the loss exact for any ``kappa``, e.g. ``kappa = 1e4``
-  where ``exp`` overflows.
+  :func:`~nngk_jax.geometry.l2_normalize`: a zero vector becomes the zero
+  vector, so a zero embedding or mean gives cosine 0 and finite values and
+  gradients). The log-softmax keeps the loss exact for any ``kappa``, e.g.
+  ``kappa = 1e4`` where ``exp`` overflows.
 
   Args:
     embeddings: ``[batch, dim]`` float, :math:`f(x)` (any norm).
@@ -255,7 +209,7 @@ def vmf_class_means(
     Zhe, Chen and Yan, "Directional Statistics-based Deep Metric Learning for
     Image Classification and Retrieval", arXiv:1802.09662, 2018.
   """
-  _check_num_classes(num_classes)
+  num_classes = positive_int("num_classes", num_classes)
   _check_rank("embeddings", embeddings, 2, "[num_examples, dim]")
   _check_dtype("embeddings", embeddings, "float")
   _check_labels(labels, jnp.shape(embeddings)[0], num_classes)
