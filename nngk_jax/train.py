@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pathlib
+import runpy
 import sys
 import time
 from typing import Any, Iterator
@@ -371,5 +372,6 @@ def _print_record(record: dict) -> None:
 
 
 if __name__ == "__main__":
-  from nngk_jax import cli  # pylint: disable=g-import-not-at-top
-  sys.exit(cli.main())
+  # ``python -m nngk_jax.train`` (what ``make train`` and the docs run) is
+  # the command line of nngk_jax.cli, run as the main module.
+  runpy.run_module("nngk_jax.cli", run_name="__main__")
