@@ -330,3 +330,15 @@ def test_batch_centre_momentum_moves_only_the_batch_centres(tiny_config):
   # momentum 0: the batch's centres become its train-mode embeddings.
   np.testing.assert_allclose(new[batch["index"]], np.asarray(emb), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_checkpoint_of_an_older_state_layout_is_refused_clearly(
+    tmp_path, monkeypatch, tiny_config):
+  """A workdir written before the centre bank became a component (layout 1,
+  no "format" in the metadata) is refused with a message, not half-read."""
+  monkeypatch.setattr(checkpointing, "FORMAT", 1)
+  train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
+  monkeypatch.undo()
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match=r"train-state layout 1 .* reads layout 2.*another"):
+    train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
