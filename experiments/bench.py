@@ -1,5 +1,9 @@
 r"""Benchmarks, reported as ratios measured in one run (`make bench`).
 
+0. The training loop against pytorch-metric-learning's on the same data,
+   architecture and batches, and the centre refresh against the loop
+   (experiments/bench_loop.py). Targets: loop vs peer >= 1.0, refresh vs
+   loop >= 2.5.
 1. Train step time of NNGK over softmax: same backbone, batch and data; the
    NNGK side includes the host-side neighbour lookup (graph rows of the
    batch) and the transfer of those rows. Blocks of steps alternate between
@@ -93,10 +97,17 @@ def main(argv=None) -> int:
   parser.add_argument("--sizes", type=int, nargs="*",
                       default=[1_000, 10_000, 100_000])
   parser.add_argument("--skip-graph", action="store_true")
+  parser.add_argument("--skip-loop", action="store_true",
+                      help="skip the loop-vs-peer and refresh ratios")
+  parser.add_argument("--loop-epochs", type=int, default=2)
   parser.add_argument("--out", default=str(ROOT / "runs" / "bench.json"))
   args = parser.parse_args(argv)
 
-  results = {"step": [], "graph": []}
+  results = {"step": [], "graph": [], "loop": None}
+  if not args.skip_loop:
+    from experiments import bench_loop
+    results["loop"] = bench_loop.bench_loop(epochs=args.loop_epochs)
+    print(bench_loop.format_table(results["loop"]) + "\n", flush=True)
   print("| backbone | batch | K | NNGK ms/step | softmax ms/step | ratio | NNGK img/s | softmax img/s |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for backbone in ("small_cnn", "mlp"):
