@@ -2,8 +2,10 @@
 
 A thin layer over :func:`nngk_jax.train.train_and_evaluate`: pick a config
 file (``--config``, or the dataset's own in ``nngk_jax/configs``), apply
-``a.b=value`` overrides, train, print the final metrics as JSON. Errors the
-user can act on are one line on stderr and a non-zero exit status.
+``a.b=value`` overrides, train, print the final metrics as JSON. Every
+error is one line on stderr, ``error: <kind>: <what> (<how to fix>)``, and
+a non-zero exit status (2: the dataset is not there; 1: anything else);
+``--verbose`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,8 +18,32 @@ from nngk_jax import checks
 from nngk_jax import configs
 from nngk_jax import data as datalib
 from nngk_jax import train
+from nngk_jax import workdir as workdirlib
 
-__all__ = ["main"]
+__all__ = ["main", "one_line"]
+
+# Errors the user caused and can fix from the message alone; anything else
+# also says how to see the traceback.
+USER_ERRORS = (ValueError, OSError, checks.TrainingDivergedError,
+               workdirlib.WorkdirBusyError)
+
+
+def one_line(error: BaseException) -> str:
+  """``"<kind>: <message>"`` on one line (long messages are cut).
+
+  Examples:
+    >>> one_line(ValueError("bad k\\nsecond line"))
+    'ValueError: bad k second line'
+    >>> one_line(RuntimeError("orbax says no"))
+    'RuntimeError: orbax says no (rerun with --verbose for the traceback)'
+  """
+  text = " ".join(str(error).split())
+  if len(text) > 600:
+    text = text[:600] + " ..."
+  line = f"{type(error).__name__}: {text}"
+  if not isinstance(error, USER_ERRORS):
+    line += " (rerun with --verbose for the traceback)"
+  return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                       "'paper' or 'strong' for the benchmarks")
   parser.add_argument("--workdir", required=True,
                       help="output and checkpoint directory; rerun to resume")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show the traceback of an error")
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
   args = parser.parse_intermixed_args(argv)
   try:
@@ -42,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     configs.apply_overrides(config, args.overrides)
     metrics = train.train_and_evaluate(config, args.workdir)
   except datalib.DatasetNotAvailableError as error:
+    if args.verbose:
+      raise
     print(f"error: {error}", file=sys.stderr)
     return 2
-  except (ValueError, FileNotFoundError,
-          checks.TrainingDivergedError) as error:
-    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+  except Exception as error:  # pylint: disable=broad-except
+    if args.verbose:
+      raise
+    print(f"error: {one_line(error)}", file=sys.stderr)
     return 1
   print(json.dumps(metrics, indent=2))
   return 0

@@ -46,6 +46,7 @@ from nngk_jax import evaluation
 from nngk_jax import objectives
 from nngk_jax import plotting
 from nngk_jax import state as statelib
+from nngk_jax import workdir as workdirlib
 from nngk_jax.checks import TrainingDivergedError
 
 __all__ = [
@@ -61,8 +62,15 @@ __all__ = [
 ]
 
 # Config fields that may change when a run is resumed from its workdir.
+# Training stops as diverged when the parameter norm grows past this factor
+# times its value at the start of the run (a learning rate of 1e6 takes it
+# from ~30 to ~1e9 while the loss stays finite).
+DIVERGENCE_FACTOR = 100.0
+# The learning rate may change so that a diverged run can be resumed from
+# its last good checkpoint with a lower one.
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
-                    "nmi", "eval_search", "nmi_method")
+                    "nmi", "eval_search", "nmi_method",
+                    "optimizer.learning_rate")
 
 
 def build_bank(config, dataset: datalib.Dataset,
@@ -158,7 +166,12 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   objective = objectives.get_objective(config.objective)
   statelib.pretrained_weights_path(config)  # a missing file stops at once
   n_train = len(dataset.train)
-  checks.positive_int("batch_size", config.batch_size)
+  for field in ("batch_size", "num_epochs", "eval_every", "eval_batch_size",
+                "samples_per_class", "classifier_k"):
+    checks.positive_int(field, config.get(field, 1))
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError(f"optimizer.learning_rate must be positive, got "
+                     f"{config.optimizer.learning_rate}")
   if config.batch_size > n_train:
     raise ValueError(f"batch_size={config.batch_size} is larger than the "
                      f"training split ({n_train} images)")
@@ -202,8 +215,15 @@ def batches(split, config, epoch: int,
 
 def train_epoch(state, train_step, split, config, epoch,
                 bank: banklib.CentreBank | None = None, *,
-                workdir) -> tuple[statelib.TrainState, dict]:
-  """One pass over the training split; returns the state and epoch stats."""
+                workdir, param_norm_limit: float = math.inf
+                ) -> tuple[statelib.TrainState, dict]:
+  """One pass over the training split; returns the state and epoch stats.
+
+  Raises:
+    TrainingDivergedError: the loss or the parameter norm is not finite, or
+      the parameter norm passed ``param_norm_limit`` (runaway training whose
+      loss stays finite); the message names the epoch and the step.
+  """
   num_steps = datalib.num_batches(split, config.batch_size)
   bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{config.num_epochs}",
              unit="step", disable=not config.progress, leave=False,
@@ -214,12 +234,18 @@ def train_epoch(state, train_step, split, config, epoch,
 
   def check(step_metrics, step_in_epoch):
     loss = float(step_metrics["loss"])
+    param_norm = float(step_metrics["param_norm"])
+    where = f"at epoch {epoch + 1}, step {step_in_epoch + 1} of {num_steps}"
+    advice = (f"training stopped. The last good checkpoint is kept in "
+              f"{workdir}: rerun with a lower optimizer.learning_rate to "
+              f"resume from it, or check the input data.")
     if not math.isfinite(loss):
+      raise TrainingDivergedError(f"the loss became {loss} {where}; {advice}")
+    if not param_norm <= param_norm_limit:
       raise TrainingDivergedError(
-          f"the loss became {loss} at epoch {epoch + 1}, step "
-          f"{step_in_epoch + 1} of {num_steps}; training stopped. The last "
-          f"good checkpoint is kept in {workdir}. Lower the learning rate "
-          f"(optimizer.learning_rate) or check the input data.")
+          f"the parameter norm ran away to {param_norm:.3g} {where} (limit "
+          f"{param_norm_limit:.3g}, {DIVERGENCE_FACTOR:g}x its value at the "
+          f"start); {advice}")
     losses_seen.append(loss)
     norms_seen.append(float(step_metrics["embedding_norm"]))
 
@@ -278,17 +304,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Writes ``config.json``, ``history.jsonl`` (one record per epoch),
   ``metrics.json`` (final evaluation), ``loss.png`` / ``metrics.png`` and
-  Orbax checkpoints under ``checkpoints/``.
+  Orbax checkpoints under ``checkpoints/``. The whole config is checked
+  against the data before any work; the work directory is locked for the
+  run (:class:`nngk_jax.workdir.WorkdirLock`: a second run there is
+  refused, naming the first); each epoch is checkpointed before it is
+  evaluated, so an evaluation error never loses the epoch.
 
   Returns:
     The final metrics (as in ``metrics.json``).
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   dataset = datalib.load_dataset(config.dataset, **dict(config.data))
   validate_config(config, dataset)
   _, bank, state = init_run(config, dataset)  # the bank checks its settings
+  with workdirlib.WorkdirLock(workdir):
+    return _train_locked(config, workdir, dataset, bank, state)
 
+
+def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
   store = checkpointing.CheckpointStore(
       workdir / "checkpoints", _config_dict(config),
       resumable_fields=RESUMABLE_FIELDS)
@@ -305,6 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   history = _read_history(history_path, start_epoch)
 
   train_step = make_train_step(config, dataset.train.num_classes, bank)
+  param_norm_limit = DIVERGENCE_FACTOR * max(
+      float(optax.global_norm(state.params)), 1.0)
+  final = None
   for epoch in range(start_epoch, config.num_epochs):
     record: dict[str, Any] = {"epoch": epoch + 1}
     if bank is not None:
@@ -314,21 +350,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = state.replace(bank=bank_state)
       record.update(bank_record)
     state, stats = train_epoch(state, train_step, dataset.train, config,
-                               epoch, bank, workdir=workdir)
+                               epoch, bank, workdir=workdir,
+                               param_norm_limit=param_norm_limit)
     record.update(stats)
     if bank is not None:
       record.update(bank.statistics(state.params))
-    last = epoch + 1 == config.num_epochs
-    if last or (epoch + 1) % config.eval_every == 0:
-      record.update(evaluation.evaluate(state, dataset, config, bank))
-    store.save(epoch + 1, state)
+    store.save(epoch + 1, state)  # before evaluating: the epoch is safe
     history.append(record)
     _write_history(history_path, history)
+    last = epoch + 1 == config.num_epochs
+    if last or (epoch + 1) % config.eval_every == 0:
+      final = evaluation.evaluate(state, dataset, config, bank)
+      record.update(final)
+      _write_history(history_path, history)
     plotting.plot_history(history, str(workdir) + os.sep)
     _print_record(record)
 
-  final = evaluation.evaluate(state, dataset, config, bank)
-  final["epochs"] = config.num_epochs
+  if final is None:  # nothing trained now: a finished run, re-evaluated
+    final = evaluation.evaluate(state, dataset, config, bank)
+  final = dict(final, epochs=config.num_epochs)
   baseline = evaluation.raw_pixel_metrics(dataset, config)
   if baseline is not None:
     final["raw_pixels"] = baseline

@@ -1,6 +1,7 @@
 """Tests of the training loop, checkpoints, resumption and bad input."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -199,7 +200,7 @@ def test_real_divergence_is_caught(tmp_path, tiny_config):
   config = tiny_config(num_epochs=1)
   config.optimizer.learning_rate = 1e30
   with pytest.raises(train.TrainingDivergedError,
-                     match=r"(loss became|NaN or infinite).*epoch 1"):
+                     match=r"(loss became|NaN or infinite|ran away).*epoch 1"):
     train.train_and_evaluate(config, tmp_path)
   store = checkpointing.CheckpointStore(tmp_path / "checkpoints", {})
   assert store.latest_epoch() is None
@@ -342,3 +343,64 @@ def test_checkpoint_of_an_older_state_layout_is_refused_clearly(
   with pytest.raises(checkpointing.ConfigMismatchError,
                      match=r"train-state layout 1 .* reads layout 2.*another"):
     train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+
+
+def test_second_run_in_a_busy_workdir_is_refused_naming_the_holder(
+    tmp_path, tiny_config):
+  from nngk_jax import workdir as workdirlib
+  with workdirlib.WorkdirLock(tmp_path):
+    with pytest.raises(workdirlib.WorkdirBusyError,
+                       match=rf"in use by process {os.getpid()} on"):
+      train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()  # refused before any work
+  # Released: the same workdir trains now.
+  assert train.train_and_evaluate(tiny_config(num_epochs=1),
+                                  tmp_path)["epochs"] == 1
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"eval_every": 0}, r"eval_every must be a positive integer, got 0"),
+    ({"num_epochs": -1}, r"num_epochs must be a positive integer, got -1"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ({"optimizer.learning_rate": -1e-3}, r"learning_rate must be positive"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, overrides, match,
+                                                  tiny_config):
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(**overrides), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_runaway_parameters_stop_training_and_a_lower_rate_resumes(
+    tmp_path, tiny_config):
+  """lr 1e6 keeps the loss finite but sends the parameters away: stopped
+  like a NaN, and a rerun with a lower rate resumes from the checkpoint."""
+  train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
+  runaway = tiny_config(num_epochs=2)
+  runaway.optimizer.learning_rate = 1e6
+  with pytest.raises(train.TrainingDivergedError,
+                     match=r"parameter norm ran away .* epoch 2, step"):
+    train.train_and_evaluate(runaway, tmp_path)
+  metrics = train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+  assert metrics["epochs"] == 2 and metrics["recall@1"] > 0.5
+
+
+def test_epoch_is_checkpointed_before_its_evaluation(tmp_path, monkeypatch,
+                                                     tiny_config):
+  def broken(*args, **kwargs):
+    raise RuntimeError("evaluation failed")
+  monkeypatch.setattr(evaluation, "evaluate", broken)
+  with pytest.raises(RuntimeError, match="evaluation failed"):
+    train.train_and_evaluate(tiny_config(num_epochs=1, eval_every=1),
+                             tmp_path)
+  store = checkpointing.CheckpointStore(tmp_path / "checkpoints", {})
+  assert store.latest_epoch() == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+  code = cli.main(["--dataset", "digits", "--workdir", str(tmp_path),
+                   "nngk.sigma=abc"])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert err.count("\n") == 1 and err.startswith("error: ValueError:")
+  assert "sigma" in err

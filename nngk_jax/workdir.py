@@ -1,0 +1,76 @@
+"""One run per work directory: an exclusive lock held for the run's lifetime.
+
+``train_and_evaluate`` holds :class:`WorkdirLock` on ``<workdir>/.lock``
+while it trains. The lock is an ``fcntl.flock`` on that file, so the kernel
+releases it when the process ends in any way (exit, exception, SIGKILL): a
+lock left by a killed run never blocks the next one. The file keeps the
+holder's pid and host, to name it when a second run is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pathlib
+import socket
+import time
+
+__all__ = ["WorkdirBusyError", "WorkdirLock"]
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process is training in this work directory."""
+
+
+class WorkdirLock:
+  """Context manager: exclusive use of a work directory.
+
+  Examples:
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with WorkdirLock(d):
+    ...   try:
+    ...     WorkdirLock(d).acquire()
+    ...   except WorkdirBusyError as error:
+    ...     print("refused")
+    refused
+    >>> with WorkdirLock(d):  # released on exit: free again
+    ...   pass
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = pathlib.Path(workdir) / ".lock"
+    self._file = None
+
+  def acquire(self) -> "WorkdirLock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise WorkdirBusyError(
+          f"the work directory {self.path.parent} is in use by {holder}; "
+          f"wait for that run to finish (or stop it), or pass another "
+          f"--workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
