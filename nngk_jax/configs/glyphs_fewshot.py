@@ -22,5 +22,8 @@ def get_config():
                  "images_per_class": 16, "seed": 0, "test_fraction": 0.5,
                  "train_per_class": 6}
   config.nngk.k = 32
+  # The figures in docs/results.md were measured at sigma 0.2 (before the
+  # metric-learning recipe moved to 0.3); kept until re-measured.
+  config.nngk.sigma = 0.2
   config.classifier_k = 32
   return config
