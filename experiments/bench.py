@@ -106,6 +106,8 @@ def main(argv=None) -> int:
   results = {"step": [], "graph": [], "loop": None}
   if not args.skip_loop:
     from experiments import bench_loop
+    results["pooling"] = bench_loop.bench_pooling()
+    print(bench_loop.format_pooling(results["pooling"]) + "\n", flush=True)
     results["loop"] = bench_loop.bench_loop(epochs=args.loop_epochs)
     print(bench_loop.format_table(results["loop"]) + "\n", flush=True)
   print("| backbone | batch | K | NNGK ms/step | softmax ms/step | ratio | NNGK img/s | softmax img/s |")
