@@ -8,6 +8,8 @@ WORKDIR ?= runs/$(subst /,_,$(subst :,_,$(DATASET)))$(if $(RECIPE),_$(RECIPE))
 ARGS ?=
 # Benchmarks (cub, cars196, sop): RECIPE=paper (default) or strong.
 RECIPE ?=
+# $(call q,VALUE): VALUE single-quoted for the shell, a ' inside kept (as '\'').
+q = '$(subst ','\'',$(1))'
 # PyNNDescent's numba kernels are cached here across processes.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
@@ -23,7 +25,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 train: venv
-	$(PY) -m nngk_jax.train --dataset '$(DATASET)' --workdir '$(WORKDIR)' $(if $(RECIPE),--recipe '$(RECIPE)') $(ARGS)
+	$(PY) -m nngk_jax.train --dataset $(call q,$(DATASET)) --workdir $(call q,$(WORKDIR)) $(if $(RECIPE),--recipe $(call q,$(RECIPE))) $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q -n 2 --durations=15 nngk_jax tests
@@ -35,20 +37,20 @@ bench: venv
 	$(PY) experiments/bench.py $(ARGS)
 
 compare: venv
-	$(PY) experiments/compare.py --dataset '$(DATASET)' --results-doc docs/results.md $(ARGS)
+	$(PY) experiments/compare.py --dataset $(call q,$(DATASET)) --results-doc docs/results.md $(ARGS)
 
 # Prepares a TFDS benchmark (cub, cars196, sop) for training: installs the
 # optional requirements-data.txt (TensorFlow) into $(VENV), then downloads and
 # prepares it under $(TFDS_DATA_DIR) (default ~/tensorflow_datasets). Cars196
 # needs its files placed by hand first: see docs/data.md.
 data: venv
-	@case '$(DATASET)' in \
+	@case $(call q,$(DATASET)) in \
 	  cub|cars196|sop) ;; \
 	  glyphs|digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	esac
 	$(PY) -m pip install -q -r requirements-data.txt
-	$(PY) -m nngk_jax.data.prepare '$(DATASET)' $(if $(TFDS_DATA_DIR),--data-dir '$(TFDS_DATA_DIR)')
+	$(PY) -m nngk_jax.data.prepare $(call q,$(DATASET)) $(if $(TFDS_DATA_DIR),--data-dir $(call q,$(TFDS_DATA_DIR)))
 
 clean:
 	rm -rf runs .pytest_cache .numba_cache
@@ -74,4 +76,4 @@ $(PEER_VENV)/.installed: requirements-peer.txt
 	touch $@
 
 peer: venv $(PEER_VENV)/.installed
-	$(PY) experiments/peer.py --dataset '$(DATASET)' $(ARGS)
+	$(PY) experiments/peer.py --dataset $(call q,$(DATASET)) $(ARGS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any, Iterable
 
 import jax
@@ -97,11 +98,20 @@ class CheckpointStore:
     return self._manager.latest_step()
 
   def check_config(self) -> None:
-    """Raises :class:`ConfigMismatchError` if the saved config differs."""
-    epoch = self.latest_epoch()
-    if epoch is None:
+    """Raises :class:`ConfigMismatchError` if the saved config differs.
+
+    Reads the newest checkpoint whose metadata can be read (see
+    :meth:`restore` for damaged ones).
+    """
+    epoch, meta = None, None
+    for epoch in self._epochs_newest_first():
+      try:
+        meta = self._restore_meta(epoch)
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue  # restore() says what was wrong when it gets there
+    if meta is None:
       return
-    meta = self._restore_meta(epoch)
     saved_format = meta.get("format", 1)
     if saved_format != FORMAT:
       raise ConfigMismatchError(
@@ -129,15 +139,37 @@ class CheckpointStore:
                                     "format": FORMAT})))
     self._manager.wait_until_finished()
 
+  def _epochs_newest_first(self) -> list[int]:
+    return sorted(self._manager.all_steps(), reverse=True)
+
   def restore(self, target: Any) -> tuple[Any, int]:
-    """The newest checkpoint, shaped like ``target``, and its epoch count."""
-    epoch = self.latest_epoch()
-    if epoch is None:
+    """The newest readable checkpoint, shaped like ``target``, and its epoch.
+
+    A checkpoint that cannot be read (a truncated or missing file) is
+    reported on stderr, naming what was wrong, and the one before it is
+    tried; nothing is deleted. Raises ``ValueError`` when none can be read.
+    """
+    epochs = self._epochs_newest_first()
+    if not epochs:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = self._manager.restore(
-        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored["state"], epoch
+    problems = []
+    for epoch in epochs:
+      try:
+        restored = self._manager.restore(
+            epoch,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+      except Exception as error:  # pylint: disable=broad-except
+        what = " ".join(str(error).split())[:300]
+        problems.append(f"epoch {epoch}: {type(error).__name__}: {what}")
+        print(f"warning: the checkpoint of epoch {epoch} in {self.directory} "
+              f"cannot be read ({type(error).__name__}: {what}); trying the "
+              f"one before it", file=sys.stderr)
+        continue
+      return restored["state"], epoch
+    raise ValueError(
+        f"no checkpoint in {self.directory} can be read ("
+        + "; ".join(problems) + "). Move that directory away to train afresh.")
 
   def _restore_meta(self, epoch: int) -> dict:
     restored = self._manager.restore(

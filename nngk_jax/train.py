@@ -336,6 +336,15 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
     state = statelib.load_pretrained(state, config)
   history_path = workdir / "history.jsonl"
   history = _read_history(history_path, start_epoch)
+  if start_epoch and len(history) < start_epoch:
+    print(f"warning: {history_path} holds {len(history)} of the "
+          f"{start_epoch} epochs already trained (deleted or damaged); "
+          f"training resumes, and the curves start where it has records",
+          file=sys.stderr)
+  if start_epoch > config.num_epochs:
+    print(f"warning: the run in {workdir} has {start_epoch} epochs, more "
+          f"than num_epochs={config.num_epochs}; it is re-evaluated as it "
+          f"is, at epoch {start_epoch}", file=sys.stderr)
 
   train_step = make_train_step(config, dataset.train.num_classes, bank)
   param_norm_limit = DIVERGENCE_FACTOR * max(
@@ -368,7 +377,7 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
 
   if final is None:  # nothing trained now: a finished run, re-evaluated
     final = evaluation.evaluate(state, dataset, config, bank)
-  final = dict(final, epochs=config.num_epochs)
+  final = dict(final, epochs=max(start_epoch, config.num_epochs))
   baseline = evaluation.raw_pixel_metrics(dataset, config)
   if baseline is not None:
     final["raw_pixels"] = baseline
