@@ -36,6 +36,7 @@ trainable centres (impostor networks: move ``centres`` into
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -145,7 +146,8 @@ class CentreBank:
     dim: embedding size ``D``.
     k: neighbours per example in each batch (``None``: no graph, e.g. vMF,
       which reads the whole bank).
-    graph_backend: ``nngk_jax.neighbours`` backend name.
+    graph_backend: ``nngk_jax.neighbours`` backend name, or ``"auto"``
+      (:func:`nngk_jax.neighbours.resolve_backend`).
     refresh_every: epochs between refreshes (>= 1).
     num_same_class: nearest same-class centres appended to each graph row.
     batch_centre_momentum: ``None`` (off) or the momentum of
@@ -153,6 +155,7 @@ class CentreBank:
     log_weights: train per-centre log-weights (``False``: all weights 1).
     weights_learning_rate: their Adam learning rate.
     seed: seed of the approximate graph.
+    warm_up: with PyNNDescent, compile it in a background thread at once.
   """
 
   def __init__(self, labels: np.ndarray, dim: int, *, k: int | None = None,
@@ -160,7 +163,8 @@ class CentreBank:
                num_same_class: int = 0,
                batch_centre_momentum: float | None = None,
                log_weights: bool = False,
-               weights_learning_rate: float = 1e-3, seed: int = 0):
+               weights_learning_rate: float = 1e-3, seed: int = 0,
+               warm_up: bool = True):
     self.labels = np.asarray(labels, np.int32)
     self.dim = checks.positive_int("embedding size", dim)
     if k is not None:
@@ -170,7 +174,15 @@ class CentreBank:
             f"nngk.k={k} neighbours need a bank of more than {k} centres, but "
             f"the training split has {len(self.labels)} images; lower nngk.k")
     self.k = k
-    self.graph_backend = graph_backend
+    # "auto": exact up to neighbours.AUTO_EXACT_MAX_CENTRES, else PyNNDescent.
+    self.graph_backend = neighbourlib.resolve_backend(graph_backend,
+                                                      len(self.labels))
+    if k is not None and self.graph_backend == "pynndescent" and warm_up:
+      # numba compiles NN-descent (~45 s per process) while the first
+      # refresh embeds the training split; the first build then waits
+      # only for what is left of it.
+      threading.Thread(target=neighbourlib.warm_up, daemon=True,
+                       name="pynndescent-warm-up").start()
     self.refresh_every = checks.positive_int("nngk.refresh_every",
                                              refresh_every)
     self.num_same_class = num_same_class

@@ -15,6 +15,9 @@ entry. Two ship:
   Each new process pays a one-off numba compilation of NN-descent (about 45 s
   on a 2-core machine; the core NN-descent kernel is not disk-cacheable, see
   ``warm_up``). After that a graph over 10k centres takes about a second.
+* ``"auto"`` (not a backend but a choice, :func:`resolve_backend`):
+  ``"exact"`` on an accelerator or for banks up to
+  ``AUTO_EXACT_MAX_CENTRES`` centres, ``"pynndescent"`` above.
 * ``"exact"``: chunked brute force (``nngk_jax.knn.exact_knn``), the
   reference; quadratic in ``N`` but fast for banks of a few tens of thousands
   and free of compile cost beyond XLA's.
@@ -33,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from nngk_jax.checks import check_finite_rows
@@ -48,8 +52,17 @@ __all__ = [
     "build_neighbour_graph",
     "graph_recall",
     "query_neighbours",
+    "resolve_backend",
     "warm_up",
 ]
+
+# graph_backend="auto" builds the exact graph on a CPU up to this many
+# centres. Measured on the 2-core CPU (experiments/bench_graph.py, graph
+# rebuild seconds, exact / PyNNDescent): D 128, K 128: 1.0 / 2.9 at 10k,
+# 3.3 / 6.5 at 20k, 17.7 / 14.8 at 40k; D 64, K 30: 1.5 / 1.8 at 10k, 93 /
+# 13 at 100k; D 512, K 200: 57 / 72 at 60k. Exact also skips PyNNDescent's
+# 33-45 s numba compilation in every new process.
+AUTO_EXACT_MAX_CENTRES = 30_000
 
 
 # --------------------------------------------------------------------------
@@ -287,6 +300,24 @@ def _check_points(name: str, points: Any) -> np.ndarray:
   return np.ascontiguousarray(points, np.float32)
 
 
+def resolve_backend(backend: str, num_centres: int) -> str:
+  """The backend ``"auto"`` stands for (any other name is returned as is).
+
+  Examples:
+    >>> resolve_backend("auto", 5_000)
+    'exact'
+    >>> resolve_backend("auto", 100_000)  # on a CPU
+    'pynndescent'
+    >>> resolve_backend("pynndescent", 10)
+    'pynndescent'
+  """
+  if backend != "auto":
+    return backend
+  if jax.default_backend() != "cpu":  # matmuls: exact is seconds at any N here
+    return "exact"
+  return "exact" if num_centres <= AUTO_EXACT_MAX_CENTRES else "pynndescent"
+
+
 def _check_backend(backend: str) -> GraphBackend:
   if backend not in GRAPH_BACKENDS:
     raise ValueError(
@@ -390,7 +421,7 @@ def build_neighbour_graph(
     raise ValueError(
         f"k={k} neighbours need a bank of more than {k} centres,"
         f" got N={num_centres}")
-  graph_backend = _check_backend(backend)
+  graph_backend = _check_backend(resolve_backend(backend, num_centres))
   num_same_class = non_negative_int("num_same_class", num_same_class)
   if centre_labels is not None:
     centre_labels = np.asarray(centre_labels)
@@ -463,7 +494,7 @@ def query_neighbours(
     raise ValueError(
         f"k={k} neighbours need a bank of at least {k} data points,"
         f" got N={num_data}")
-  graph_backend = _check_backend(backend)
+  graph_backend = _check_backend(resolve_backend(backend, num_data))
   return np.asarray(graph_backend.query(data, queries, k, seed), np.int32)
 
 

@@ -129,3 +129,21 @@ def test_after_step_is_identity_without_momentum():
   moved = moving.after_step(state, jnp.ones((2, 4)), batch)
   np.testing.assert_allclose(np.asarray(moved.centres)[:2], 0.5)
   np.testing.assert_array_equal(np.asarray(moved.centres)[2:], 0.0)
+
+
+def test_auto_backend_is_exact_for_a_small_bank_on_the_cpu():
+  from nngk_jax import neighbours
+  bank, _ = _bank(graph_backend="auto")
+  assert bank.graph_backend == "exact"
+  assert neighbours.resolve_backend(
+      "auto", neighbours.AUTO_EXACT_MAX_CENTRES + 1) == "pynndescent"
+  state, _ = bank.refresh(bank.init_state(), 0, _points)
+  assert bank.batch_extras(np.array([0]))["neighbour_idx"].shape == (1, 6)
+
+
+def test_auto_graph_equals_the_exact_graph():
+  from nngk_jax import neighbours
+  points = _points(n=50)
+  auto = neighbours.build_neighbour_graph(points, k=5, backend="auto")
+  exact = neighbours.build_neighbour_graph(points, k=5, backend="exact")
+  np.testing.assert_array_equal(auto.indices, exact.indices)

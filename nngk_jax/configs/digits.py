@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nngk.k = 32              # neighbours per example (K)
   config.nngk.sigma = 0.25        # kernel width (embeddings are not normalised)
   config.nngk.refresh_every = 1   # epochs between centre refresh + rebuild
-  config.nngk.graph_backend = "pynndescent"  # or "exact"
+  config.nngk.graph_backend = "auto"  # exact up to 30k centres, then "pynndescent"
   config.nngk.num_same_class = 0  # nearest same-class centres appended
   config.nngk.learn_weights = True
   config.nngk.weights_learning_rate = 1e-3

@@ -44,7 +44,7 @@ def get_config():
   config.nngk.sigma = 0.3
   config.nngk.no_positive = "skip"
   config.nngk.refresh_every = 1
-  config.nngk.graph_backend = "exact"
+  config.nngk.graph_backend = "auto"  # exact at this size
   config.optimizer.lr_multipliers = {"^proxies$": 100.0}
   config.batch_size = 64
   config.num_epochs = 10
