@@ -49,7 +49,7 @@ import optax
 from nngk_jax import checks
 from nngk_jax import neighbours as neighbourlib
 
-__all__ = ["BankState", "BankView", "CentreBank", "missing_positive_fraction",
+__all__ = ["BankState", "BankView", "CentreBank", "has_positive",
            "update_batch_centres"]
 
 
@@ -117,23 +117,19 @@ def update_batch_centres(centres: jax.Array, embeddings: jax.Array,
   return centres.at[index].set(jnp.where(valid[:, None], new, old))
 
 
-def missing_positive_fraction(graph: neighbourlib.NeighbourGraph,
-                              centre_labels: np.ndarray) -> float:
-  """Share of centres with no same-class centre among their neighbours.
+def has_positive(graph: neighbourlib.NeighbourGraph,
+                 centre_labels: np.ndarray) -> np.ndarray:
+  """``[N]`` bool: centre ``i`` has a same-class centre among its neighbours.
+
+  Its mean complement is the history's ``missing_positive_fraction``.
 
   Examples:
     >>> import numpy as np
     >>> g = neighbourlib.NeighbourGraph(np.array([[1], [0], [0]], np.int32),
     ...                                 np.ones((3, 1), bool))
-    >>> missing_positive_fraction(g, np.array([0, 0, 1]))
-    0.3333333333333333
+    >>> has_positive(g, np.array([0, 0, 1])).tolist()
+    [True, True, False]
   """
-  return float(np.mean(~_has_positive(graph, centre_labels)))
-
-
-def _has_positive(graph: neighbourlib.NeighbourGraph,
-                  centre_labels: np.ndarray) -> np.ndarray:
-  """``[N]`` bool: centre ``i`` has a same-class centre among its neighbours."""
   same = centre_labels[graph.indices] == centre_labels[:, None]
   return (same & graph.mask).any(axis=1)
 
@@ -279,7 +275,7 @@ class CentreBank:
           np.asarray(state.centres), k=self.k, backend=self.graph_backend,
           centre_labels=self.labels, num_same_class=self.num_same_class,
           seed=self.seed)
-      self._has_positive = _has_positive(self.graph, self.labels)
+      self._has_positive = has_positive(self.graph, self.labels)
       record["graph_seconds"] = time.perf_counter() - start
       record["missing_positive_fraction"] = float(
           np.mean(~self._has_positive))
@@ -303,9 +299,9 @@ class CentreBank:
 
   def statistics(self, params: dict[str, Any]) -> dict[str, float]:
     """Spread of the log-weights :math:`\\theta` in ``params["bank"]``."""
-    if not self.learns_weights:
+    theta = self.log_weights(params)
+    if theta is None:
       return {}
-    theta = np.asarray(params["bank"]["log_weights"])
     return {"log_weight_std": float(theta.std()),
             "log_weight_min": float(theta.min()),
             "log_weight_max": float(theta.max())}
