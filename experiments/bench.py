@@ -10,6 +10,8 @@ r"""Benchmarks, reported as ratios measured in one run (`make bench`).
    the two so that machine noise hits both alike. Target: at most 1.10.
 2. Neighbour graph: PyNNDescent build time and recall@K against the exact
    backend for N = 1k, 10k, 100k (see experiments/bench_graph.py).
+3. Loose impostors at N = 60,000: the dense ``[N, D]`` step over the sparse
+   row update, time and compiled memory (experiments/bench_impostor.py).
 
 Run:   make bench                 (ARGS="--skip-graph" for the step ratio only)
        python experiments/bench.py --sizes 1000 10000 --steps 200
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
   parser.add_argument("--skip-graph", action="store_true")
   parser.add_argument("--skip-loop", action="store_true",
                       help="skip the loop-vs-peer and refresh ratios")
+  parser.add_argument("--skip-impostor", action="store_true")
   parser.add_argument("--loop-epochs", type=int, default=2)
   parser.add_argument("--out", default=str(ROOT / "runs" / "bench.json"))
   args = parser.parse_args(argv)
@@ -126,6 +129,17 @@ def main(argv=None) -> int:
           f"{neighbours.warm_up():.1f} s", flush=True)
     results["graph"] = bench_graph.bench_graph(sizes=tuple(args.sizes))
     print(bench_graph.format_table(results["graph"]))
+  if not args.skip_impostor:
+    from experiments import bench_impostor
+    r = bench_impostor.bench_impostor()
+    results["impostor"] = r
+    print(f"\nLoose impostors, N={r['num_centres']}, D={r['dim']}, "
+          f"K={r['k']}, batch {r['batch_size']}: sparse "
+          f"{r['sparse_step_ms']:.1f} ms/step, {r['sparse_temp_bytes'] / 1e6:.0f}"
+          f" MB workspace; dense {r['dense_step_ms']:.1f} ms/step, "
+          f"{r['dense_temp_bytes'] / 1e6:.0f} MB; dense over sparse "
+          f"**{r['dense_over_sparse_time']:.1f}x** time, "
+          f"{r['dense_over_sparse_temp_memory']:.1f}x memory", flush=True)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=2, default=float) + "\n")

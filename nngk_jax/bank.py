@@ -74,11 +74,26 @@ class BankView(NamedTuple):
     labels: ``[N]`` int labels.
     log_weights: ``[N]`` trainable :math:`\\theta`, or ``None`` (all
       weights 1).
+    neighbour_idx: ``[batch, width]`` rows of ``centres`` holding each
+      example's neighbours, or ``None``: the batch's graph rows
+      (``batch["neighbour_idx"]``). A bank that hands the loss only the
+      rows a step touches (trainable centres) remaps them here.
+    own_idx: ``[batch]`` the row of each example's own centre, or ``None``:
+      ``batch["index"]``.
   """
 
   centres: jax.Array
   labels: jax.Array
   log_weights: jax.Array | None
+  neighbour_idx: jax.Array | None = None
+  own_idx: jax.Array | None = None
+
+  def rows(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """``(neighbour rows [batch, width], own rows [batch])`` of ``centres``
+    for the batch's examples: the view's remapped rows, else the batch's."""
+    return (batch["neighbour_idx"] if self.neighbour_idx is None
+            else self.neighbour_idx,
+            batch["index"] if self.own_idx is None else self.own_idx)
 
 
 def update_batch_centres(centres: jax.Array, embeddings: jax.Array,
@@ -238,6 +253,13 @@ class CentreBank:
     """Whether the centres are refreshed at the start of ``epoch`` (0-based)."""
     return epoch % self.refresh_every == 0
 
+  def graph_due(self, epoch: int) -> bool:
+    """Whether the graph is rebuilt at ``epoch`` though the centres were not
+    re-embedded (centres that move by themselves); here never: the graph
+    follows the refreshes."""
+    del epoch
+    return False
+
   def refresh(self, state: BankState, epoch: int,
               embed_train: Callable[[], np.ndarray]) -> tuple[BankState, dict]:
     """Start of ``epoch``: refresh the centres when due, then the graph.
@@ -257,6 +279,8 @@ class CentreBank:
       checks.TrainingDivergedError: an embedding is NaN or infinite.
     """
     record: dict[str, float] = {}
+    if self.graph_due(epoch):
+      self.graph = None
     if self.due(epoch):
       start = time.perf_counter()
       centres = np.asarray(embed_train())
@@ -308,21 +332,51 @@ class CentreBank:
 
   # -- inside jit ------------------------------------------------------------
 
-  def view(self, state: BankState, params: dict[str, Any]) -> BankView:
-    """What the loss reads: stored centres (no gradient) and weights."""
+  def trainable_rows(self, state: BankState,
+                     batch: dict[str, jax.Array]) -> Any:
+    """Bank arrays the step differentiates besides ``params`` (here none).
+
+    A bank whose centres are trained outside the optimiser of ``params``
+    (impostor networks' sparse updates) returns the rows this batch
+    touches; the step passes them back to :meth:`view` and their gradient
+    to :meth:`after_step`.
+    """
+    del state, batch
+    return None
+
+  def view(self, state: BankState, params: dict[str, Any], rows: Any = None,
+           batch: dict[str, jax.Array] | None = None) -> BankView:
+    """What the loss reads: stored centres (no gradient) and weights.
+
+    ``rows`` is what :meth:`trainable_rows` returned, ``batch`` the step's
+    batch; this bank needs neither.
+    """
+    del rows, batch
     return BankView(
         centres=jax.lax.stop_gradient(state.centres), labels=state.labels,
         log_weights=(params["bank"]["log_weights"] if self.learns_weights
                      else None))
 
   def after_step(self, state: BankState, embeddings: jax.Array,
-                 batch: dict[str, jax.Array]) -> BankState:
-    """The batch's centres after a step (unchanged unless momentum is set)."""
+                 batch: dict[str, jax.Array],
+                 row_grads: Any = None) -> BankState:
+    """The batch's centres after a step (unchanged unless momentum is set).
+
+    ``row_grads`` is the gradient of the loss with respect to
+    :meth:`trainable_rows` (``None`` here).
+    """
+    del row_grads
     if self.batch_centre_momentum is None:
       return state
     return state.replace(centres=update_batch_centres(
         state.centres, jax.lax.stop_gradient(embeddings), batch["index"],
         batch["valid"], momentum=self.batch_centre_momentum))
+
+  def evaluation_centres(self, state: BankState) -> np.ndarray | None:
+    """Centres the kernel classifier votes with at evaluation, or ``None``:
+    the training split embedded afresh by the trained network (NNGK)."""
+    del state
+    return None
 
   def log_weights(self, params: dict[str, Any]) -> np.ndarray | None:
     """Host copy of the log-weights (``None`` when not learned)."""

@@ -99,7 +99,11 @@ def evaluate(state: TrainState, dataset: datalib.Dataset, config,
       kmeans_func=metriclib.kmeans_function(config.get("nmi_method", "auto")))
   results["geometry"] = geometry
   if dataset.protocol == "classification":
-    train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)
+    # The bank's own centres where it keeps them (impostors), else the
+    # training split embedded by the trained network.
+    train_emb = None if bank is None else bank.evaluation_centres(state.bank)
+    if train_emb is None:
+      train_emb, _ = embed_split(state, dataset.train, config.eval_batch_size)
     predicted = kernel_classify(
         in_geometry(train_emb, geometry), dataset.train.labels, test_emb,
         num_classes=dataset.train.num_classes, k=config.classifier_k,

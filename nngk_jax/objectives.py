@@ -36,6 +36,7 @@ the whole batch (Proxy-Anchor, NCA, triplet, ...) computed with
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -45,6 +46,7 @@ import optax
 
 from nngk_jax import bank as banklib
 from nngk_jax import data as datalib
+from nngk_jax import impostor as impostorlib
 from nngk_jax import loss as losses
 
 __all__ = ["GEOMETRIES", "OBJECTIVES", "LossInputs", "Objective",
@@ -152,13 +154,42 @@ def _nngk_loss(inputs: LossInputs, config: Any) -> jax.Array:
   bank = inputs.bank
   per_example = losses.gaussian_kernel_loss(
       inputs.embeddings, inputs.batch["label"], bank.centres, bank.labels,
-      inputs.batch["neighbour_idx"], sigma=config.nngk.sigma,
+      bank.rows(inputs.batch)[0], sigma=config.nngk.sigma,
       centre_log_weights=bank.log_weights,
       neighbour_mask=inputs.batch["neighbour_mask"],
       num_classes=inputs.num_classes)
   if no_positive_rule(config) == "skip":
     per_example = jnp.where(inputs.batch["has_positive"], per_example, 0.0)
   return masked_mean(per_example, inputs.batch["valid"])
+
+
+def _impostor_loss(inputs: LossInputs, config: Any) -> jax.Array:
+  """Impostor networks: the unweighted kernel vote over the bank's centres,
+  plus the loose variant's L2 tie of each example to its own centre
+  (:func:`nngk_jax.loss.impostor_loss`; ``nngk.no_positive`` as for NNGK)."""
+  bank, batch = inputs.bank, inputs.batch
+  impostor = config.impostor
+  tie = (impostor.tie if impostor.variant == "loose"
+         and math.isfinite(impostor.tie) else 0.0)
+  per_example = losses.impostor_loss(
+      inputs.embeddings, batch["label"], bank.centres, bank.labels,
+      *bank.rows(batch), sigma=config.nngk.sigma, tie=tie,
+      neighbour_mask=batch["neighbour_mask"], num_classes=inputs.num_classes,
+      vote_mask=(batch["has_positive"] if no_positive_rule(config) == "skip"
+                 else None))
+  return masked_mean(per_example, batch["valid"])
+
+
+def _impostor_bank(config: Any, labels: np.ndarray,
+                   dim: int) -> banklib.CentreBank:
+  no_positive_rule(config)
+  if not config.nngk.sigma > 0:
+    raise ValueError(f"nngk.sigma must be positive, got {config.nngk.sigma}")
+  if "impostor" not in config:
+    raise ValueError("objective 'impostor' needs a config.impostor section "
+                     "(variant, tie, learning_rate, optimizer, sparse); see "
+                     "nngk_jax/configs/digits.py")
+  return impostorlib.ImpostorBank.from_config(config, labels, dim)
 
 
 def _nngk_bank(config: Any, labels: np.ndarray,
@@ -249,6 +280,8 @@ def _group_loss(inputs: LossInputs, config: Any) -> jax.Array:
 
 OBJECTIVES: dict[str, Objective] = {
     "nngk": Objective("nngk", _nngk_loss, make_bank=_nngk_bank),
+    "impostor": Objective("impostor", _impostor_loss,
+                          make_bank=_impostor_bank),
     "softmax": Objective("softmax", _softmax_loss, uses_classifier_head=True),
     "vmf": Objective("vmf", _vmf_loss, make_bank=_vmf_bank,
                      defaults={"kappa": 16.0}, geometry="cosine"),

@@ -114,14 +114,15 @@ def make_train_step(config, num_classes: int | None = None,
   """
   objective = objectives.get_objective(config.objective)
 
-  def loss_fn(params, state, batch):
+  def loss_fn(params, rows, state, batch):
     (embeddings, logits), updates = state.apply_fn(
         state.network_variables(params), batch["image"], train=True,
         mutable=["batch_stats"])
     inputs = objectives.LossInputs(
         embeddings=embeddings, logits=logits, batch=batch, params=params,
         num_classes=num_classes,
-        bank=None if bank is None else bank.view(state.bank, params))
+        bank=None if bank is None else bank.view(state.bank, params, rows,
+                                                 batch))
     loss = objective.loss(inputs, config)
     norms = jnp.sqrt(jnp.sum(embeddings * embeddings, axis=-1))
     embedding_norm = objectives.masked_mean(norms, batch["valid"])
@@ -129,14 +130,18 @@ def make_train_step(config, num_classes: int | None = None,
                   jax.lax.stop_gradient(embedding_norm))
 
   def train_step(state: statelib.TrainState, batch):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (batch_stats, embeddings, embedding_norm)), grads = grad_fn(
-        state.params, state, batch)
+    # The bank's trainable rows (impostors' sparse centres), if any, are
+    # differentiated beside the parameters and updated by the bank itself.
+    rows = None if bank is None else bank.trainable_rows(state.bank, batch)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    (loss, (batch_stats, embeddings, embedding_norm)), (grads, row_grads) = (
+        grad_fn(state.params, rows, state, batch))
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if bank is not None:
-      new_state = new_state.replace(
-          bank=bank.after_step(new_state.bank, embeddings, batch))
-    step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+      new_state = new_state.replace(bank=bank.after_step(
+          new_state.bank, embeddings, batch, row_grads))
+    step_metrics = {"loss": loss,
+                    "grad_norm": optax.global_norm((grads, row_grads)),
                     "param_norm": optax.global_norm(new_state.params),
                     "embedding_norm": embedding_norm}
     return new_state, step_metrics

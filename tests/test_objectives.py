@@ -59,7 +59,7 @@ def test_group_batches_carry_anchors(tiny_config):
 
 
 EXPECTED_GEOMETRY = {
-    "nngk": "euclidean", "softmax": "euclidean", "nca": "euclidean",
+    "nngk": "euclidean", "impostor": "euclidean", "softmax": "euclidean", "nca": "euclidean",
     "triplet": "euclidean", "vmf": "cosine", "normalized_softmax": "cosine",
     "proxy_nca": "cosine", "proxy_anchor": "cosine", "rank": "cosine",
     "group": "cosine",

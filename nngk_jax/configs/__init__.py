@@ -66,6 +66,8 @@ def config_for_dataset(dataset: str) -> pathlib.Path:
 
 
 def _parse(raw: str):
+  if raw.strip().lower() in ("inf", "+inf", "-inf", "nan"):
+    return float(raw)  # impostor.tie=inf
   try:
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):

@@ -51,6 +51,15 @@ def get_config() -> ml_collections.ConfigDict:
   # away from its neighbours, as the authors' code) or "skip" (no loss).
   config.nngk.no_positive = "authors"
 
+  # objective="impostor" (nngk_jax.impostor): impostor networks' centres,
+  # with the kernel width, K and graph of config.nngk above.
+  config.impostor = ml_collections.ConfigDict()
+  config.impostor.variant = "loose"    # "tied", "fixed" or "loose"
+  config.impostor.tie = 1.0            # lambda of the loose L2 tie (inf: tied)
+  config.impostor.learning_rate = 1e-3  # of the loose centres
+  config.impostor.optimizer = "adam"   # of the loose centres: "adam" or "sgd"
+  config.impostor.sparse = True        # update only the rows a step touches
+
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"   # any optax optimizer taking learning_rate
   config.optimizer.learning_rate = 1e-3

@@ -15,6 +15,7 @@ from nngk_jax.loss.group import group_log_probs
 from nngk_jax.loss.group import group_loss
 from nngk_jax.loss.group import group_loss_with_ce
 from nngk_jax.loss.group import pearson_affinity
+from nngk_jax.loss.impostor import impostor_loss
 from nngk_jax.loss.nngk import MIN_PROBABILITY
 from nngk_jax.loss.nngk import gaussian_kernel_loss
 from nngk_jax.loss.nngk import kernel_class_log_probs
@@ -37,6 +38,7 @@ __all__ = [
     "group_log_probs",
     "group_loss",
     "group_loss_with_ce",
+    "impostor_loss",
     "kernel_class_log_probs",
     "l2_normalize",
     "nca_loss",
