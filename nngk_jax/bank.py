@@ -93,7 +93,7 @@ class BankView(NamedTuple):
     for the batch's examples: the view's remapped rows, else the batch's."""
     return (batch["neighbour_idx"] if self.neighbour_idx is None
             else self.neighbour_idx,
-            batch["index"] if self.own_idx is None else self.own_idx)
+            batch.get("index") if self.own_idx is None else self.own_idx)
 
 
 def update_batch_centres(centres: jax.Array, embeddings: jax.Array,
