@@ -13,7 +13,7 @@ q = '$(subst ','\'',$(1))'
 # PyNNDescent's numba kernels are cached here across processes.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: venv train test test-fast bench compare notebook clean data
+.PHONY: venv train test test-fast bench compare notebook clean data search
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not slow" nngk_jax tests
+
+# `make search QUERY="a.png b.png"`: each query image's nearest training
+# images under the run in $(RUN) (default: $(WORKDIR)), its kernel-vote class,
+# and a grid of them in $(OUT) (nngk_jax/search.py; ARGS passes its options,
+# e.g. ARGS="--folder photos/" to search an image folder instead).
+RUN ?= $(WORKDIR)
+QUERY ?=
+K ?= 8
+OUT ?= $(RUN)/search.png
+
+search: venv
+	$(PY) -m nngk_jax.search --run $(call q,$(RUN)) $(foreach f,$(QUERY),--query $(call q,$(f))) --k $(K) --out $(call q,$(OUT)) $(ARGS)
 
 bench: venv
 	$(PY) experiments/bench.py $(ARGS)

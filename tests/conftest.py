@@ -16,12 +16,14 @@ os.environ.setdefault(
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config():
   """Factory of a digits config with a small MLP: seconds per run on a CPU.
 
   ``tiny_config(**overrides)`` applies dotted overrides, e.g.
-  ``tiny_config(objective="softmax", **{"nngk.k": 5})``.
+  ``tiny_config(objective="softmax", **{"nngk.k": 5})``; each call builds a
+  fresh config, so module-scoped fixtures (one trained run per module) may
+  use it too.
   """
   def make(**overrides):
     config = configs.load_config(configs.CONFIG_DIR / "digits.py")

@@ -18,7 +18,8 @@ The modules import one way, each only from those above it::
     pipeline    ImageSplit, ImageTransform, LoaderOptions (splits)
     digits      load_digits                              (splits)
     glyphs      load_glyphs: rendered characters         (splits)
-    folder      load_image_folder: folder:PATH           (splits, pipeline)
+    folder      load_image_folder: folder:PATH; list_image_folder,
+                read_image                               (splits, pipeline)
     tfds        CUB, Cars196, SOP through tensorflow-datasets
                                                  (splits, pipeline, benchmarks)
     registry    DATASETS, load_dataset       (digits, folder, glyphs, tfds)
@@ -35,7 +36,9 @@ Everything here is host-side NumPy; nothing is meant to run inside
 from __future__ import annotations
 
 from nngk_jax.data.folder import IMAGE_EXTENSIONS
+from nngk_jax.data.folder import list_image_folder
 from nngk_jax.data.folder import load_image_folder
+from nngk_jax.data.folder import read_image
 from nngk_jax.data.digits import load_digits
 from nngk_jax.data.registry import DATASETS
 from nngk_jax.data.registry import load_dataset
@@ -64,8 +67,10 @@ __all__ = [
     "check_labels",
     "iterate_batches",
     "iterate_class_balanced_batches",
+    "list_image_folder",
     "load_dataset",
     "load_digits",
     "load_image_folder",
     "num_batches",
+    "read_image",
 ]

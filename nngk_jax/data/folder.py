@@ -12,7 +12,8 @@ from nngk_jax import checks
 from nngk_jax.data import pipeline as pipelib
 from nngk_jax.data import splits
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "load_image_folder",
+           "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 
@@ -21,18 +22,101 @@ def _is_hidden(path: pathlib.Path) -> bool:
   return path.name.startswith(".")
 
 
-def _read_image(path: pathlib.Path, image_size: int) -> np.ndarray:
-  """One image as ``[image_size, image_size, 3]`` float32 in ``[-1, 1]``."""
+def read_image(path: str | os.PathLike[str], image_size: int | tuple[int, int],
+               *, channels: int = 3) -> np.ndarray:
+  """One image file as ``[height, width, channels]`` float32 in ``[-1, 1]``.
+
+  Read with Pillow, converted to RGB (``channels=3``) or grey
+  (``channels=1``), resized bilinearly and scaled from ``0..255``: how
+  :func:`load_image_folder` reads every image without ``pipeline``.
+
+  Args:
+    path: the image file.
+    image_size: side of the square it is resized to, or ``(height, width)``.
+    channels: 3 (RGB) or 1 (grey).
+
+  Returns:
+    ``[height, width, channels]`` float32.
+
+  Raises:
+    DataError: the file cannot be read; the message names it.
+
+  Examples:
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "white.png"
+    >>> Image.new("RGB", (5, 4), (255, 255, 255)).save(path)
+    >>> image = read_image(path, (3, 2), channels=1)
+    >>> image.shape, float(image.max())
+    ((3, 2, 1), 1.0)
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+  if isinstance(image_size, (tuple, list)):
+    height, width = (checks.positive_int("image height", image_size[0]),
+                     checks.positive_int("image width", image_size[1]))
+  else:
+    height = width = checks.positive_int("image_size", image_size)
   try:
     with Image.open(path) as image:
-      image = image.convert("RGB").resize((image_size, image_size),
-                                          Image.Resampling.BILINEAR)
+      image = image.convert("RGB" if channels == 3 else "L").resize(
+          (width, height), Image.Resampling.BILINEAR)
       pixels = np.asarray(image, dtype=np.float32)
   except Exception as err:  # Pillow raises many kinds for a bad file.
     raise splits.DataError(f"cannot read image {path}: {err}") from err
-  return pixels / 127.5 - 1.0
+  return (pixels / 127.5 - 1.0).reshape(height, width, channels)
+
+
+def list_image_folder(path: str | os.PathLike[str]
+                      ) -> tuple[list[pathlib.Path], np.ndarray, list[str]]:
+  """The image files of a folder with one sub-folder per class, unread.
+
+  The layout :func:`load_image_folder` reads: classes are the sorted
+  sub-folder names; images (``.png .jpg .jpeg .bmp .gif``, any case) are
+  sorted by name within each; other files, and names starting with ``.``,
+  are ignored.
+
+  Args:
+    path: the folder.
+
+  Returns:
+    ``(files, labels, class_names)``: the ``N`` files, class by class,
+    ``[N]`` int64 labels (positions in ``class_names``) and the names.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    ValueError: no class folders, a class folder with no images, or fewer
+      than two classes.
+  """
+  root = pathlib.Path(path).expanduser()
+  if not root.exists():
+    raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+  if not root.is_dir():
+    raise NotADirectoryError(f"{str(root)!r} is not a folder")
+  class_dirs = sorted(
+      (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)),
+      key=lambda d: d.name)
+  if not class_dirs:
+    raise ValueError(f"image folder {str(root)!r} has no class sub-folders")
+  if len(class_dirs) < 2:
+    raise ValueError(
+        f"image folder {str(root)!r} has {len(class_dirs)} class "
+        f"({class_dirs[0].name!r}); at least 2 are needed")
+  files, labels = [], []
+  for label, class_dir in enumerate(class_dirs):
+    class_files = sorted(
+        f for f in class_dir.iterdir()
+        if f.is_file() and not _is_hidden(f)
+        and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not class_files:
+      raise ValueError(
+          f"class folder {str(class_dir)!r} has no images (looked for "
+          f"{sorted(IMAGE_EXTENSIONS)})")
+    files.extend(class_files)
+    labels.extend([label] * len(class_files))
+  return files, np.asarray(labels, np.int64), [d.name for d in class_dirs]
 
 
 def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
@@ -95,36 +179,10 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
     >>> ds.train.images.shape, ds.test.images.shape, ds.protocol
     ((2, 6, 6, 3), (2, 6, 6, 3), 'classification')
   """
-  root = pathlib.Path(path).expanduser()
   name = f"folder:{path}"
   image_size = checks.positive_int("image_size", image_size)
-  if not root.exists():
-    raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-  if not root.is_dir():
-    raise NotADirectoryError(f"{str(root)!r} is not a folder")
-  class_dirs = sorted(
-      (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)),
-      key=lambda d: d.name)
-  if not class_dirs:
-    raise ValueError(f"image folder {str(root)!r} has no class sub-folders")
-  if len(class_dirs) < 2:
-    raise ValueError(
-        f"image folder {str(root)!r} has {len(class_dirs)} class "
-        f"({class_dirs[0].name!r}); at least 2 are needed")
-  files, labels = [], []
-  for label, class_dir in enumerate(class_dirs):
-    class_files = sorted(
-        f for f in class_dir.iterdir()
-        if f.is_file() and not _is_hidden(f)
-        and f.suffix.lower() in IMAGE_EXTENSIONS)
-    if not class_files:
-      raise ValueError(
-          f"class folder {str(class_dir)!r} has no images (looked for "
-          f"{sorted(IMAGE_EXTENSIONS)})")
-    files.extend(class_files)
-    labels.extend([label] * len(class_files))
+  files, labels, class_names = list_image_folder(path)
   protocol = "metric" if class_disjoint else "classification"
-  class_names = [d.name for d in class_dirs]
   if pipeline is not None:
     transform, options = pipelib.pipeline_from_options(pipeline)
     paths = np.empty(len(files), object)
@@ -138,7 +196,7 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
         name, paths, np.asarray(labels), class_names, protocol=protocol,
         test_fraction=test_fraction, seed=seed,
         train_per_class=train_per_class, make_split=make_split)
-  images = np.stack([_read_image(f, image_size) for f in files])
+  images = np.stack([read_image(f, image_size) for f in files])
   return splits.build_dataset(
       name, images, np.asarray(labels), class_names, protocol=protocol,
       test_fraction=test_fraction, seed=seed, train_per_class=train_per_class)
