@@ -4,6 +4,7 @@ Submodules:
   loss        pure, jit-able losses (``gaussian_kernel_loss``, ...)
   neighbours  host-side neighbour graph over the centre bank (PyNNDescent)
   knn         exact chunked k-nearest-neighbour search
+  compress    OPQ-compressed centre bank: codes, ADC search, kernel vote
   geometry    squared distances and L2 normalisation (the only ones)
   checks      input checks
   data        datasets by name as random-access splits, batch samplers;
