@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from nngk_jax import checks
+from nngk_jax import compress as compresslib
 from nngk_jax import neighbours as neighbourlib
 
 __all__ = ["BankState", "BankView", "CentreBank", "has_positive",
@@ -377,6 +378,23 @@ class CentreBank:
     the training split embedded afresh by the trained network (NNGK)."""
     del state
     return None
+
+  def compress(self, state: BankState, params: dict[str, Any], *,
+               bytes_per_centre: int = 16, **options):
+    """The bank's centres as OPQ codes (:func:`nngk_jax.compress.compress`).
+
+    The stored centres (as of the last refresh; for impostors the trained
+    ones), their labels and learned log-weights, compressed to
+    ``bytes_per_centre`` bytes each; ``options`` go to
+    :func:`nngk_jax.compress.compress`.
+
+    Returns:
+      a :class:`nngk_jax.compress.CompressedBank`.
+    """
+    return compresslib.compress(
+        np.asarray(state.centres), self.labels,
+        bytes_per_centre=bytes_per_centre,
+        log_weights=self.log_weights(params), **options)
 
   def log_weights(self, params: dict[str, Any]) -> np.ndarray | None:
     """Host copy of the log-weights (``None`` when not learned)."""

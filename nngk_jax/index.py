@@ -33,8 +33,9 @@ queries in one call.
 
 The gallery sits behind a small store interface (:class:`GalleryStore`:
 ``search``, ``decode``, ``labels``, ``log_weights``), held as an array
-(``_ArrayStore``); a compressed store (product-quantised codes) plugs in
-there.
+(``_ArrayStore``) or, after :meth:`Index.compress`, as OPQ codes
+(``_CompressedStore``, :mod:`nngk_jax.compress`: asymmetric distances,
+a few bytes per item, read-only).
 
 Examples:
   >>> import numpy as np
@@ -51,6 +52,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -66,6 +68,7 @@ import ml_collections
 import numpy as np
 
 from nngk_jax import checks
+from nngk_jax import compress as compresslib
 from nngk_jax import data as datalib
 from nngk_jax import evaluation
 from nngk_jax import loss as losses
@@ -201,14 +204,41 @@ class _ArrayStore:
       arrays["log_weights"] = self.log_weights
     return arrays
 
-  # compressed store: a ``_CompressedStore`` wrapping
-  # ``nngk_jax.compress.CompressedBank`` gives ``search`` (its
-  # ``search(queries, k, backend=...)``; "exact" maps to "jax"), ``decode``,
-  # ``labels`` and ``log_weights`` the same way, and its own ``save`` /
-  # ``load`` beside index.json (``"store": "compressed"``). ``Index.compress(
-  # bytes_per_centre=16)`` is then ``compress(store.embeddings, labels,
-  # bytes_per_centre=..., log_weights=...)`` wrapped and swapped in for
-  # ``_store``; ``append`` stays array-only.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CompressedStore:
+  """The gallery as OPQ codes (:class:`nngk_jax.compress.CompressedBank`).
+
+  Distances are asymmetric (query uncompressed, gallery decoded); the
+  ``"exact"`` backend runs them in JAX, ``"pynndescent"`` (what ``"auto"``
+  picks for a large gallery on a CPU) through faiss on the host.
+  """
+
+  bank: compresslib.CompressedBank
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.bank.labels
+
+  @property
+  def log_weights(self) -> np.ndarray | None:
+    return self.bank.log_weights
+
+  def __len__(self) -> int:
+    return self.bank.num_centres
+
+  @property
+  def dim(self) -> int:
+    return self.bank.dim
+
+  def search(self, queries: np.ndarray, k: int, *,
+             backend: str) -> tuple[np.ndarray, np.ndarray]:
+    return self.bank.search(
+        queries, k, backend="faiss" if backend == "pynndescent" else "jax")
+
+  def decode(self, rows: np.ndarray) -> np.ndarray:
+    return self.bank.decode(np.asarray(rows))
 
 
 # ----------------------------------------------------------------------------
@@ -715,6 +745,9 @@ class Index:
     embeddings = self._in_geometry(embeddings, "embeddings")
     weights = (None if self.log_weights is None
                else np.zeros(count, np.float32))
+    if isinstance(self._store, _CompressedStore):
+      raise ValueError("a compressed index is read-only: add() items before "
+                       "compress()")
     if not len(self):  # an empty gallery takes the new rows' size
       self._store = _ArrayStore(embeddings, labels, weights)
     else:
@@ -834,6 +867,52 @@ class Index:
       return predicted, np.exp(log_probs)
     return predicted
 
+  # -- compression -------------------------------------------------------------
+
+  def compress(self, bytes_per_centre: int = 16, **options) -> "Index":
+    """A copy of this index whose gallery is OPQ-compressed.
+
+    ``bytes_per_centre`` bytes of codes per item (16: CUB's 5,994 x 512
+    float32 gallery, 12 MB, in 96 KB of codes), trained by faiss
+    (:func:`nngk_jax.compress.compress`; ``options`` are its keyword
+    arguments: ``nbits``, ``opq``, ``seed``, ``opq_iterations``, ...).
+    Search and the kernel vote then use asymmetric distances to the
+    decoded items; labels, log-weights, sources and the network are kept.
+    The compressed index is read-only (:meth:`add` before compressing).
+
+    Raises:
+      ValueError: the gallery is already compressed, or the budget does
+        not divide the embedding size (the message lists valid budgets).
+    """
+    if isinstance(self._store, _CompressedStore):
+      raise ValueError("this index is already compressed")
+    bank = compresslib.compress(
+        self._store.decode(np.arange(len(self))), self.labels,
+        bytes_per_centre=bytes_per_centre, log_weights=self.log_weights,
+        **options)
+    return self._with_store(_CompressedStore(bank))
+
+  def _with_store(self, store: GalleryStore) -> "Index":
+    """A copy of this index (same settings and sources) over ``store``."""
+    index = copy.copy(self)
+    index._store = store
+    index.sources = list(self.sources)
+    index.class_names = list(self.class_names)
+    return index
+
+  @property
+  def compressed(self) -> bool:
+    """Whether the gallery is held as OPQ codes (:meth:`compress`)."""
+    return isinstance(self._store, _CompressedStore)
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes of the gallery store: embeddings, labels and log-weights as
+    arrays, or the compressed bank's :attr:`~CompressedBank.nbytes`."""
+    if isinstance(self._store, _CompressedStore):
+      return self._store.bank.nbytes
+    return sum(a.nbytes for a in self._store.arrays().values())
+
   # -- display sources ---------------------------------------------------------
 
   def source_images(self, rows: Any) -> np.ndarray:
@@ -887,19 +966,25 @@ class Index:
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     store = self._store
-    # compressed store: a _CompressedStore saves itself here instead and
-    # records "store": "compressed".
-    arrays_path = directory / ARRAYS_FILE
-    with open(arrays_path.with_name(ARRAYS_FILE + ".tmp"), "wb") as stream:
-      np.savez(stream, **store.arrays())
-    arrays_path.with_name(ARRAYS_FILE + ".tmp").replace(arrays_path)
+    if isinstance(store, _CompressedStore):
+      store.bank.save(directory)
+      kind = "compressed"
+      files = {name: _sha256(directory / name) for name in
+               (compresslib.ARRAYS_FILE, compresslib.METADATA_FILE)}
+    else:
+      kind = "array"
+      arrays_path = directory / ARRAYS_FILE
+      with open(arrays_path.with_name(ARRAYS_FILE + ".tmp"), "wb") as stream:
+        np.savez(stream, **store.arrays())
+      arrays_path.with_name(ARRAYS_FILE + ".tmp").replace(arrays_path)
+      files = {ARRAYS_FILE: _sha256(arrays_path)}
     meta: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "store": "array",
+        "format": FORMAT, "version": FORMAT_VERSION, "store": kind,
         "num_items": len(self), "dim": store.dim, "sigma": self.sigma,
         "geometry": self.geometry, "num_classes": self.num_classes,
         "class_names": self.class_names, "classifier_k": self.classifier_k,
         "backend": self.backend, "sources": self.sources,
-        "files": {ARRAYS_FILE: _sha256(arrays_path)}, "network": None,
+        "files": files, "network": None,
     }
     if self.embedder is not None:
       meta["network"] = self.embedder.save(directory)
@@ -950,19 +1035,36 @@ class Index:
           raise IndexFormatError(
               f"{file_path} is damaged: its SHA-256 differs from the one "
               f"{META_FILE} recorded when it was saved")
-      if store_kind != "array":  # compressed store: load it here
+      if store_kind not in ("array", "compressed"):
         raise IndexFormatError(f"{directory}: unknown gallery store "
                                f"{store_kind!r}")
-      arrays = _load_arrays(directory / ARRAYS_FILE, meta)
       embedder = (None if meta["network"] is None
                   else Embedder.load(directory, meta["network"]))
+      if store_kind == "array":
+        arrays = _load_arrays(directory / ARRAYS_FILE, meta)
+      else:
+        try:
+          bank = compresslib.CompressedBank.load(directory)
+        except ValueError as error:
+          raise IndexFormatError(str(error)) from None
+        if (bank.num_centres, bank.dim) != (meta["num_items"], meta["dim"]):
+          raise IndexFormatError(
+              f"{directory}: the compressed bank holds {bank.num_centres} x "
+              f"{bank.dim}, {META_FILE} says {meta['num_items']} x "
+              f"{meta['dim']}")
+        arrays = {"embeddings": np.zeros((0, bank.dim), np.float32),
+                  "labels": np.zeros((0,), np.int32)}
       index = cls(arrays["embeddings"], arrays["labels"],
                   sigma=meta["sigma"], geometry=meta["geometry"],
                   log_weights=arrays.get("log_weights"),
                   num_classes=meta["num_classes"],
-                  class_names=meta["class_names"], sources=meta["sources"],
+                  class_names=meta["class_names"],
+                  sources=meta["sources"] if store_kind == "array" else None,
                   classifier_k=meta["classifier_k"], embedder=embedder,
                   backend=backend or meta["backend"])
+      if store_kind == "compressed":
+        index = index._with_store(_CompressedStore(bank))
+        index.sources = _check_sources(meta["sources"], len(bank.labels))
     except KeyError as error:
       raise IndexFormatError(f"{meta_path} is damaged: no {error} entry"
                              ) from None

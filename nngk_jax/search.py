@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                       "centres (bank)")
   parser.add_argument("--backend", default="auto",
                       help="search backend: auto, exact or pynndescent")
+  parser.add_argument("--compress", type=int, metavar="BYTES",
+                      help="search a copy of the gallery OPQ-compressed to "
+                      "BYTES bytes per item (Index.compress)")
   parser.add_argument("--save", help="also save the index to this directory")
   parser.add_argument("--verbose", action="store_true",
                       help="show the traceback of an error")
@@ -154,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     index = load_index(run=args.run, index=args.index, folder=args.folder,
                        centres=args.centres, backend=args.backend)
+    if args.compress:
+      index = index.compress(args.compress)
+      print(f"gallery compressed to {args.compress} bytes per item: "
+            f"{index.nbytes:,} bytes in all")
     results = search_files(index, args.query, args.k)
     print(format_results(index, results))
     if args.out:

@@ -467,6 +467,15 @@ def test_cli_prints_k_neighbours_and_writes_a_grid(run, index, trained,
   again = capsys.readouterr()
   assert code == 0, again.err
   assert again.out.splitlines()[:6] == printed.out.splitlines()[:6]
+  # --compress searches an OPQ copy of the gallery (8 bytes of the 8-d
+  # float32 rows' 32).
+  code = search.main(["--index", str(tmp_path / "saved"), "--query",
+                      str(queries[0]), "--k", "4", "--compress", "8"])
+  packed = capsys.readouterr()
+  assert code == 0, packed.err
+  assert "compressed to 8 bytes per item" in packed.out
+  assert len([line for line in packed.out.splitlines()
+              if _RANK_LINE.match(line)]) == 4
 
 
 @pytest.mark.parametrize("args, match", [
@@ -491,3 +500,71 @@ def test_cli_bad_input_is_one_line_and_exit_2(run, trained, tmp_path, capsys,
 def test_cli_needs_run_or_index(capsys):
   assert search.main(["--query", "q.png"]) == 2
   assert "give --run" in capsys.readouterr().err
+
+
+# -- the compressed gallery ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compressed(index):
+  """The run's index with its 8-d gallery in 4 bytes per item."""
+  return index.compress(4, opq_iterations=3)
+
+
+def test_compressed_search_is_exact_search_over_the_decoded_gallery(
+    index, compressed, trained):
+  _, dataset, _ = trained
+  queries = index.embed(dataset.test.images[:15])
+  decoded = compressed.embeddings
+  assert decoded.shape == index.embeddings.shape
+  assert not np.array_equal(decoded, index.embeddings)  # really compressed
+  got = compressed.search_embeddings(queries, 6)
+  want_idx, want_d2 = _brute_force(decoded, index._in_geometry(
+      queries, "q"), 6, "euclidean")
+  np.testing.assert_allclose(got.distances, want_d2, rtol=1e-4, atol=1e-5)
+  # Rank ties aside, the same items.
+  assert np.mean(got.indices == want_idx) > 0.95
+  # Classification: the kernel vote over the decoded gallery, same weights.
+  reference = Index(decoded, index.labels, sigma=index.sigma,
+                    log_weights=index.log_weights,
+                    num_classes=index.num_classes,
+                    classifier_k=index.classifier_k)
+  np.testing.assert_array_equal(compressed.classify_embeddings(queries),
+                                reference.classify_embeddings(queries))
+  np.testing.assert_array_equal(compressed.log_weights, index.log_weights)
+  assert compressed.compressed and not index.compressed
+  codes = compressed._store.bank.codes.nbytes
+  assert codes == 4 * len(index) and compressed.nbytes < index.nbytes
+
+
+def test_compressed_index_saves_loads_and_refuses_to_grow(compressed, trained,
+                                                          tmp_path):
+  _, dataset, _ = trained
+  loaded = Index.load(compressed.save(tmp_path / "compressed"))
+  assert loaded.compressed
+  queries = dataset.test.images[:10]
+  want, got = compressed.search(queries, 4), loaded.search(queries, 4)
+  np.testing.assert_array_equal(got.indices, want.indices)
+  np.testing.assert_array_equal(got.distances, want.distances)
+  assert loaded.sources == compressed.sources
+  with pytest.raises(ValueError, match="read-only"):
+    loaded.add(queries[:1], [0])
+  with pytest.raises(ValueError, match="already compressed"):
+    loaded.compress(4)
+  with np.load(tmp_path / "compressed" / "compressed_bank.npz",
+               allow_pickle=False) as arrays:
+    assert "embeddings" not in arrays.files
+
+
+def test_bank_compress_keeps_labels_and_learned_weights(trained):
+  config, dataset, state = trained
+  from nngk_jax import objectives as objectiveslib
+  bank = objectiveslib.get_objective(config.objective).make_bank(
+      config, dataset.train.labels, config.model.embed_dim)
+  codes = bank.compress(state.bank, state.params, bytes_per_centre=2,
+                        opq=False)
+  np.testing.assert_array_equal(codes.labels, dataset.train.labels)
+  np.testing.assert_array_equal(codes.log_weights,
+                                bank.log_weights(state.params))
+  error = np.linalg.norm(codes.decode() - np.asarray(state.bank.centres))
+  assert error < np.linalg.norm(np.asarray(state.bank.centres))
