@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nngk_jax import bank as banklib
+from nngk_jax import geometry
 
 __all__ = ["ImpostorBank", "ImpostorState", "OPTIMIZERS", "VARIANTS",
            "sparse_adam_update"]
@@ -136,6 +137,10 @@ class ImpostorBank(banklib.CentreBank):
     optimizer: ``"adam"`` (lazy, :func:`sparse_adam_update`) or ``"sgd"``.
     sparse: update only the rows a step touches (``False``: the whole
       ``[N, D]`` array, the dense reference).
+    on_sphere: the loss sees the loose centres L2-normalised,
+      :math:`c_i / \lVert c_i \rVert`, as the embeddings of a network that
+      normalises them (``model.normalize``); the stored parameters are
+      free.
     **bank_kwargs: :class:`nngk_jax.bank.CentreBank`'s graph and schedule
       arguments (``k``, ``graph_backend``, ``refresh_every``,
       ``num_same_class``, ``seed``, ``warm_up``).
@@ -143,7 +148,8 @@ class ImpostorBank(banklib.CentreBank):
 
   def __init__(self, labels: np.ndarray, dim: int, *, variant: str = "loose",
                tie: float = 1.0, learning_rate: float = 1e-3,
-               optimizer: str = "adam", sparse: bool = True, **bank_kwargs):
+               optimizer: str = "adam", sparse: bool = True,
+               on_sphere: bool = False, **bank_kwargs):
     if variant not in VARIANTS:
       raise ValueError(f"impostor.variant must be one of {VARIANTS}, got "
                        f"{variant!r}")
@@ -165,6 +171,7 @@ class ImpostorBank(banklib.CentreBank):
     self.learning_rate = learning_rate
     self.optimizer_name = optimizer
     self.sparse = bool(sparse)
+    self.on_sphere = bool(on_sphere)
 
   @classmethod
   def from_config(cls, config: Any, labels: np.ndarray, dim: int,
@@ -175,6 +182,7 @@ class ImpostorBank(banklib.CentreBank):
     return cls(labels, dim, variant=impostor.variant, tie=impostor.tie,
                learning_rate=impostor.learning_rate,
                optimizer=impostor.optimizer, sparse=impostor.sparse,
+               on_sphere=config.model.get("normalize", False),
                k=nngk.k, graph_backend=nngk.graph_backend,
                refresh_every=nngk.refresh_every,
                num_same_class=nngk.get("num_same_class", 0), seed=config.seed)
@@ -210,6 +218,8 @@ class ImpostorBank(banklib.CentreBank):
     """Fixed and loose: the impostors themselves; tied: ``None`` (embed)."""
     if self.variant == "tied":
       return None
+    if self.trains_centres and self.on_sphere:
+      return np.asarray(geometry.l2_normalize(state.centres))
     return np.asarray(state.centres)
 
   # -- inside jit ---------------------------------------------------------------
@@ -229,6 +239,8 @@ class ImpostorBank(banklib.CentreBank):
   def view(self, state, params, rows=None, batch=None) -> banklib.BankView:
     if not self.trains_centres:
       return super().view(state, params)
+    if self.on_sphere:
+      rows = geometry.l2_normalize(rows)
     if not self.sparse:
       return banklib.BankView(centres=rows, labels=state.labels,
                               log_weights=None)

@@ -308,3 +308,26 @@ def test_loose_run_moves_its_centres_and_resumes_exactly(tmp_path,
   gap = np.linalg.norm(np.asarray(state.bank.centres) - embedded, axis=1)
   spread = np.linalg.norm(embedded - embedded.mean(0), axis=1).mean()
   assert gap.mean() < spread
+
+
+def test_on_sphere_centres_are_seen_normalised_but_stored_free():
+  labels = np.arange(20) % 4
+  bank = impostorlib.ImpostorBank(labels, 3, variant="loose", k=4,
+                                  graph_backend="exact", on_sphere=True)
+  centres = 3.0 * np.random.default_rng(0).normal(size=(20, 3))
+  state, _ = bank.refresh(bank.init_state(), 0,
+                          lambda: centres.astype(np.float32))
+  index = np.array([1, 7])
+  batch = {k: jnp.asarray(v) for k, v in bank.batch_extras(index).items()}
+  batch["index"] = jnp.asarray(index, jnp.int32)
+  view = bank.view(state, {}, bank.trainable_rows(state, batch), batch)
+  np.testing.assert_allclose(np.linalg.norm(view.centres, axis=1), 1.0,
+                             rtol=1e-5)
+  nbr, own = view.rows(batch)
+  np.testing.assert_allclose(
+      view.centres[own], centres[index] / np.linalg.norm(
+          centres[index], axis=1, keepdims=True), rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(bank.evaluation_centres(state),
+                                            axis=1), 1.0, rtol=1e-5)
+  assert np.allclose(np.asarray(state.centres), centres)  # stored free
+  del nbr
