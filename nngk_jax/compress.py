@@ -57,6 +57,7 @@ from nngk_jax.checks import check_positive_scalar
 from nngk_jax.checks import check_rank
 from nngk_jax.checks import positive_int
 from nngk_jax.loss import kernel_class_log_probs
+from nngk_jax.workdir import write_atomically
 
 __all__ = [
     "ARRAYS_FILE",
@@ -289,6 +290,18 @@ def _unpack_codes(packed: np.ndarray, num_subquantizers: int,
 # --------------------------------------------------------------------------
 
 
+def _per_centre(name: str, value: Any, kind: str,
+                num_centres: int) -> np.ndarray:
+  """``value`` as a ``[num_centres]`` array of ``kind``, or a ValueError."""
+  value = np.asarray(value)
+  check_rank(name, value, 1, "[num_centres]")
+  check_dtype(name, value, kind)
+  if value.shape[0] != num_centres:
+    raise ValueError(
+        f"{name} has {value.shape[0]} entries for {num_centres} centres")
+  return value
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class CompressedBank:
   r"""Centres as OPQ codes, their labels and optional NNGK log-weights.
@@ -356,23 +369,14 @@ class CompressedBank:
           f"codes must lie in [0, {codebook_size}), found "
           f"[{codes.min()}, {codes.max()}]")
     num_centres = codes.shape[0]
-    labels = np.asarray(self.labels)
-    check_rank("labels", labels, 1, "[num_centres]")
-    check_dtype("labels", labels, "int")
-    if labels.shape[0] != num_centres:
-      raise ValueError(
-          f"labels has {labels.shape[0]} entries for {num_centres} centres")
+    labels = _per_centre("labels", self.labels, "int", num_centres)
     object.__setattr__(self, "rotation", rotation)
     object.__setattr__(self, "codebooks", codebooks)
     object.__setattr__(self, "codes", codes.astype(np.uint8, copy=False))
     object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
     if self.log_weights is not None:
-      log_weights = np.asarray(self.log_weights)
-      check_rank("log_weights", log_weights, 1, "[num_centres]")
-      check_dtype("log_weights", log_weights, "float")
-      if log_weights.shape[0] != num_centres:
-        raise ValueError(f"log_weights has {log_weights.shape[0]} entries "
-                         f"for {num_centres} centres")
+      log_weights = _per_centre("log_weights", self.log_weights, "float",
+                                num_centres)
       object.__setattr__(self, "log_weights",
                          log_weights.astype(np.float32, copy=False))
 
@@ -636,9 +640,9 @@ class CompressedBank:
         "arrays_file": ARRAYS_FILE,
         "arrays_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    _write_atomically(directory / ARRAYS_FILE, payload)
-    _write_atomically(directory / METADATA_FILE,
-                      (json.dumps(metadata, indent=2) + "\n").encode())
+    write_atomically(directory / ARRAYS_FILE, payload)
+    write_atomically(directory / METADATA_FILE,
+                     (json.dumps(metadata, indent=2) + "\n").encode())
     return directory
 
   @classmethod
@@ -713,12 +717,6 @@ class CompressedBank:
             f"metadata says {expected[name]}")
     arrays["codes"] = _unpack_codes(arrays["codes"], num_subquantizers, nbits)
     return cls(**arrays)
-
-
-def _write_atomically(path: pathlib.Path, payload: bytes) -> None:
-  temporary = path.with_name(path.name + ".tmp")
-  temporary.write_bytes(payload)
-  os.replace(temporary, path)
 
 
 # --------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -77,6 +78,7 @@ from nngk_jax import objectives
 from nngk_jax import state as statelib
 from nngk_jax import train
 from nngk_jax.data import pipeline as pipelib
+from nngk_jax.workdir import write_atomically
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Embedder", "GalleryStore",
            "ImageFormat", "Index", "IndexFormatError", "SearchResult"]
@@ -414,8 +416,8 @@ class Embedder:
 
   def save(self, directory: pathlib.Path) -> dict[str, Any]:
     """Writes the variables (flax msgpack); returns the metadata to keep."""
-    _write_atomic(directory / NETWORK_FILE,
-                  flax.serialization.to_bytes(self.variables))
+    write_atomically(directory / NETWORK_FILE,
+                     flax.serialization.to_bytes(self.variables))
     return {"config": json.loads(self.config.to_json_best_effort()),
             "network_num_classes": self.num_classes,
             "batch_size": self.batch_size,
@@ -468,12 +470,6 @@ def _check_variables(path: pathlib.Path, variables: Any,
 
 def _sha256(path: pathlib.Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(path: pathlib.Path, payload: bytes) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(payload)
-  tmp.replace(path)
 
 
 def _check_labels(labels: Any, count: int, name: str = "labels") -> np.ndarray:
@@ -973,11 +969,11 @@ class Index:
                (compresslib.ARRAYS_FILE, compresslib.METADATA_FILE)}
     else:
       kind = "array"
-      arrays_path = directory / ARRAYS_FILE
-      with open(arrays_path.with_name(ARRAYS_FILE + ".tmp"), "wb") as stream:
-        np.savez(stream, **store.arrays())
-      arrays_path.with_name(ARRAYS_FILE + ".tmp").replace(arrays_path)
-      files = {ARRAYS_FILE: _sha256(arrays_path)}
+      buffer = io.BytesIO()
+      np.savez(buffer, **store.arrays())
+      payload = buffer.getvalue()
+      write_atomically(directory / ARRAYS_FILE, payload)
+      files = {ARRAYS_FILE: hashlib.sha256(payload).hexdigest()}
     meta: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "store": kind,
         "num_items": len(self), "dim": store.dim, "sigma": self.sigma,
@@ -989,8 +985,8 @@ class Index:
     if self.embedder is not None:
       meta["network"] = self.embedder.save(directory)
       meta["files"][NETWORK_FILE] = _sha256(directory / NETWORK_FILE)
-    _write_atomic(directory / META_FILE,
-                  (json.dumps(meta, indent=1) + "\n").encode())
+    write_atomically(directory / META_FILE,
+                     (json.dumps(meta, indent=1) + "\n").encode())
     return directory
 
   @classmethod

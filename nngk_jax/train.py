@@ -298,9 +298,8 @@ def _read_history(path: pathlib.Path, upto_epoch: int) -> list[dict]:
 
 
 def _write_history(path: pathlib.Path, history: list[dict]) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-  tmp.replace(path)
+  workdirlib.write_atomically(
+      path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

@@ -5,6 +5,10 @@ while it trains. The lock is an ``fcntl.flock`` on that file, so the kernel
 releases it when the process ends in any way (exit, exception, SIGKILL): a
 lock left by a killed run never blocks the next one. The file keeps the
 holder's pid and host, to name it when a second run is refused.
+
+:func:`write_atomically` is how every file of a run (history, saved index,
+compressed bank, glyph cache) is written: a reader, or a run resumed after
+a kill, sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,34 @@ import fcntl
 import os
 import pathlib
 import socket
+import threading
 import time
 
-__all__ = ["WorkdirBusyError", "WorkdirLock"]
+__all__ = ["WorkdirBusyError", "WorkdirLock", "write_atomically"]
+
+
+def write_atomically(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
+  """Writes ``payload`` to ``path`` through a temporary file and a rename.
+
+  The temporary file sits in the same folder under a name unique to this
+  process and thread (concurrent writers never share one) and is removed if
+  the write fails.
+
+  Examples:
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> write_atomically(path, b"hello").read_text()
+    'hello'
+  """
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+                       ".tmp")
+  try:
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+  return path
 
 
 class WorkdirBusyError(RuntimeError):

@@ -72,6 +72,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -88,6 +89,7 @@ import numpy as np
 
 from nngk_jax import checks
 from nngk_jax.data import splits
+from nngk_jax.workdir import write_atomically
 
 __all__ = [
     "DEFAULT_NUM_CLASSES",
@@ -604,17 +606,12 @@ def _read_cache(path: pathlib.Path, num_classes: int, images_per_class: int,
 
 def _write_cache(path: pathlib.Path, images: np.ndarray,
                  names: Sequence[str]) -> None:
-  """Writes atomically: a temporary file in the same folder, then rename."""
+  """Writes atomically (:func:`nngk_jax.workdir.write_atomically`)."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}"
-                       ".tmp")
-  try:
-    with open(tmp, "wb") as f:
-      np.savez_compressed(f, images=images, class_names=np.array(names),
-                          version=np.array(VERSION))
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, images=images, class_names=np.array(names),
+                      version=np.array(VERSION))
+  write_atomically(path, buffer.getvalue())
 
 
 def _render_pool(classes: Sequence[GlyphClass], images_per_class: int,
