@@ -48,7 +48,7 @@ from nngk_jax import bank as banklib
 from nngk_jax import geometry
 
 __all__ = ["ImpostorBank", "ImpostorState", "OPTIMIZERS", "VARIANTS",
-           "sparse_adam_update"]
+           "sparse_adam_update", "tie_weight"]
 
 VARIANTS = ("tied", "fixed", "loose")
 OPTIMIZERS = ("adam", "sgd")
@@ -114,6 +114,13 @@ def sparse_adam_update(centres: jax.Array, mu: jax.Array, nu: jax.Array,
   return (centres.at[rows].add(-step.astype(centres.dtype), mode="drop"),
           mu.at[rows].set(m, mode="drop"), nu.at[rows].set(v, mode="drop"),
           count + 1)
+
+
+def tie_weight(variant: str, tie: float) -> float:
+  """The :math:`\\lambda` the loss applies: a loose bank's finite tie, else
+  0 (tied and fixed centres are not trained; an infinite tie is the tied
+  variant, run as stored centres)."""
+  return float(tie) if variant == "loose" and math.isfinite(tie) else 0.0
 
 
 def _sum_repeated_rows(rows: jax.Array, grads: jax.Array, num_rows: int):

@@ -36,7 +36,6 @@ the whole batch (Proxy-Anchor, NCA, triplet, ...) computed with
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -168,9 +167,7 @@ def _impostor_loss(inputs: LossInputs, config: Any) -> jax.Array:
   plus the loose variant's L2 tie of each example to its own centre
   (:func:`nngk_jax.loss.impostor_loss`; ``nngk.no_positive`` as for NNGK)."""
   bank, batch = inputs.bank, inputs.batch
-  impostor = config.impostor
-  tie = (impostor.tie if impostor.variant == "loose"
-         and math.isfinite(impostor.tie) else 0.0)
+  tie = impostorlib.tie_weight(config.impostor.variant, config.impostor.tie)
   per_example = losses.impostor_loss(
       inputs.embeddings, batch["label"], bank.centres, bank.labels,
       *bank.rows(batch), sigma=config.nngk.sigma, tie=tie,

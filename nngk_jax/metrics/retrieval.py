@@ -260,8 +260,6 @@ def r_precision(
   return float(np.mean(relevant.sum(axis=1) / counts))
 
 
-# ------------------------------------------------------------------- k-means
-
 # ------------------------------------------------------- neighbour search
 
 
