@@ -20,6 +20,8 @@ from nngk_jax.loss.nngk import MIN_PROBABILITY
 from nngk_jax.loss.nngk import gaussian_kernel_loss
 from nngk_jax.loss.nngk import kernel_class_log_probs
 from nngk_jax.loss.nngk import neighbour_log_kernels
+from nngk_jax.loss.nngk import soft_gaussian_kernel_loss
+from nngk_jax.loss.nngk import soft_kernel_class_log_probs
 from nngk_jax.loss.pairwise import nca_loss
 from nngk_jax.loss.pairwise import triplet_semihard_loss
 from nngk_jax.loss.proxy import normalized_softmax_loss
@@ -51,6 +53,8 @@ __all__ = [
     "rank_approximation_loss",
     "rank_transfer",
     "smooth_ranks",
+    "soft_gaussian_kernel_loss",
+    "soft_kernel_class_log_probs",
     "triplet_semihard_loss",
     "vmf_class_means",
     "vmf_loss",

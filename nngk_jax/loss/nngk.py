@@ -32,6 +32,8 @@ __all__ = [
     "gaussian_kernel_loss",
     "kernel_class_log_probs",
     "neighbour_log_kernels",
+    "soft_gaussian_kernel_loss",
+    "soft_kernel_class_log_probs",
 ]
 
 # The authors' code stands in this value for the kernel sum of a class with
@@ -44,20 +46,24 @@ def _check_sigma(sigma: Any) -> None:
   _check_positive_scalar("sigma", sigma)
 
 
-
-
-
 def _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
                        centre_log_weights, neighbour_mask) -> None:
-  """Cheap shape and dtype checks shared by both public functions."""
+  """Cheap shape and dtype checks shared by the public functions.
+
+  ``centre_labels`` is ``[num_centres]`` int labels, or, for the soft-label
+  functions, ``[num_centres, num_classes]`` float probability rows.
+  """
   _check_rank("embeddings", embeddings, 2, "[batch, dim]")
   _check_rank("centres", centres, 2, "[num_centres, dim]")
-  _check_rank("centre_labels", centre_labels, 1, "[num_centres]")
   _check_rank("neighbour_idx", neighbour_idx, 2, "[batch, k]")
   _check_dtype("embeddings", embeddings, "float")
   _check_dtype("centres", centres, "float")
-  _check_dtype("centre_labels", centre_labels, "int")
   _check_dtype("neighbour_idx", neighbour_idx, "int")
+  if jnp.ndim(centre_labels) == 2:
+    _check_dtype("centre_label_probs", centre_labels, "float")
+  else:
+    _check_rank("centre_labels", centre_labels, 1, "[num_centres]")
+    _check_dtype("centre_labels", centre_labels, "int")
   batch, dim = jnp.shape(embeddings)
   num_centres, centre_dim = jnp.shape(centres)
   if centre_dim != dim:
@@ -65,8 +71,10 @@ def _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
         f"embeddings are {dim}-D but centres are {centre_dim}-D "
         f"(shapes {jnp.shape(embeddings)} and {jnp.shape(centres)})")
   if jnp.shape(centre_labels)[0] != num_centres:
+    name = ("centre_label_probs" if jnp.ndim(centre_labels) == 2
+            else "centre_labels")
     raise ValueError(
-        f"centre_labels has {jnp.shape(centre_labels)[0]} entries for "
+        f"{name} has {jnp.shape(centre_labels)[0]} entries for "
         f"{num_centres} centres")
   if jnp.shape(neighbour_idx)[0] != batch:
     raise ValueError(
@@ -352,19 +360,206 @@ def gaussian_kernel_loss(
   log_num, log_den = _log_numerator_denominator(
       embeddings, centres, neighbour_idx, same_class, sigma,
       centre_log_weights, neighbour_mask)
-  # log_num = -inf exactly when no unmasked neighbour shares the label.
-  has_positive = jnp.isfinite(log_num) | jnp.isnan(log_num)
-  safe_num = jnp.where(has_positive, log_num, 0.0)
-  ratio_loss = log_den - safe_num
-  # The authors' empty-class stand-in: -log(eps / (S + m eps)).
   if num_classes is None:
-    absent = jnp.ones(jnp.shape(labels), jnp.float32)
+    present = None
   else:
     valid = (jnp.ones(neighbour_labels.shape, bool) if neighbour_mask is None
              else neighbour_mask)
     present = _count_distinct(neighbour_labels, valid)
+  return _ratio_or_empty_loss(log_num, log_den, present, num_classes)
+
+
+def _ratio_or_empty_loss(log_num, log_den, present, num_classes):
+  """``log_den - log_num``, or the authors' stand-in where ``log_num = -inf``.
+
+  The stand-in is ``-log(eps / (S + m eps))`` with ``m = num_classes -
+  present`` classes absent from the neighbours (at least 1; 1 when
+  ``num_classes`` is None).
+  """
+  # log_num = -inf exactly when no unmasked neighbour votes for the label.
+  has_positive = jnp.isfinite(log_num) | jnp.isnan(log_num)
+  ratio_loss = log_den - jnp.where(has_positive, log_num, 0.0)
+  if num_classes is None:
+    absent = jnp.ones(jnp.shape(log_num), jnp.float32)
+  else:
     absent = jnp.maximum(num_classes - present, 1).astype(jnp.float32)
   log_eps = math.log(MIN_PROBABILITY)
   safe_den = jnp.where(has_positive, -jnp.inf, log_den)
   empty_loss = jnp.logaddexp(safe_den, jnp.log(absent) + log_eps) - log_eps
   return jnp.where(has_positive, ratio_loss, empty_loss.astype(ratio_loss.dtype))
+
+
+# ----------------------------------------------------------------------------
+# Soft centre labels (continual NNGK, seed 002 eq. 13 makes labels soft).
+
+
+def _check_soft_inputs(embeddings, centres, centre_label_probs, neighbour_idx,
+                       centre_log_weights, neighbour_mask, sigma) -> None:
+  _check_rank("centre_label_probs", centre_label_probs, 2,
+              "[num_centres, num_classes]")
+  _check_bank_inputs(embeddings, centres, centre_label_probs, neighbour_idx,
+                     centre_log_weights, neighbour_mask)
+  _check_sigma(sigma)
+
+
+def _soft_neighbour_terms(embeddings, centres, centre_label_probs,
+                          neighbour_idx, sigma, centre_log_weights,
+                          neighbour_mask):
+  """``(log_k [B,K], probs [B,K,C], log_probs [B,K,C], valid [B,K])``.
+
+  ``log_probs`` is ``log y_jc`` where ``y_jc > 0`` and 0 elsewhere (a safe
+  value: those entries are excluded with ``where=``, so neither the value
+  nor its gradient is ever ``-inf`` times zero).
+  """
+  log_k = neighbour_log_kernels(
+      embeddings, centres, neighbour_idx, sigma=sigma,
+      centre_log_weights=centre_log_weights)
+  probs = jnp.take(centre_label_probs, neighbour_idx, axis=0)  # [B, K, C]
+  safe_log = jnp.log(jnp.where(probs > 0, probs, 1.0))
+  valid = (jnp.ones(log_k.shape, bool) if neighbour_mask is None
+           else neighbour_mask)
+  return log_k, probs, safe_log, valid
+
+
+def soft_kernel_class_log_probs(
+    embeddings: jax.Array,
+    centres: jax.Array,
+    centre_label_probs: jax.Array,
+    neighbour_idx: jax.Array,
+    *,
+    sigma: float | jax.Array,
+    centre_log_weights: jax.Array | None = None,
+    neighbour_mask: jax.Array | None = None,
+) -> jax.Array:
+  r"""Class log-probabilities of the kernel vote with soft centre labels.
+
+  Each centre carries a probability row :math:`y_j \in \Delta^{C-1}` instead
+  of one class; its kernel votes for every class in proportion:
+
+  .. math::
+    p(c \mid x) = \frac{\sum_{j \in N_K(x)} k_j(x)\, y_{jc}}
+                       {\sum_{j \in N_K(x)} k_j(x)}
+
+  computed as :math:`\operatorname{logsumexp}_{j: y_{jc} > 0}(\log k_j +
+  \log y_{jc}) - \operatorname{logsumexp}_j \log k_j`. On one-hot rows it
+  equals :func:`kernel_class_log_probs` (tested). Rows that do not sum to 1
+  are used as given (the probabilities then sum to the kernel-weighted mean
+  row sum). The edge cases are those of :func:`kernel_class_log_probs`: a
+  class with no mass among the neighbours gets ``-inf``; a row whose
+  neighbours are all masked gets the uniform ``-log C``.
+
+  Args:
+    embeddings: ``[batch, dim]`` float, :math:`f(x)`.
+    centres: ``[num_centres, dim]`` float.
+    centre_label_probs: ``[num_centres, num_classes]`` float, non-negative
+      rows :math:`y_j` (one-hot for hard labels).
+    neighbour_idx: ``[batch, k]`` int indices into ``centres``.
+    sigma: positive kernel width.
+    centre_log_weights: optional ``[num_centres]`` float :math:`\theta_j`.
+    neighbour_mask: optional ``[batch, k]`` bool; ``False`` drops that
+      neighbour.
+
+  Returns:
+    ``[batch, num_classes]`` log-probabilities.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> centres = jnp.array([[0., 0.], [5., 5.]])
+    >>> y = jnp.array([[0.75, 0.25], [0., 1.]])
+    >>> log_p = soft_kernel_class_log_probs(
+    ...     jnp.array([[0., 0.]]), centres, y, jnp.array([[0, 1]]), sigma=1.)
+    >>> [round(float(p), 4) for p in jnp.exp(log_p[0])]
+    [0.75, 0.25]
+  """
+  _check_soft_inputs(embeddings, centres, centre_label_probs, neighbour_idx,
+                     centre_log_weights, neighbour_mask, sigma)
+  num_classes = jnp.shape(centre_label_probs)[1]
+  log_k, probs, safe_log, valid = _soft_neighbour_terms(
+      embeddings, centres, centre_label_probs, neighbour_idx, sigma,
+      centre_log_weights, neighbour_mask)
+  log_num = jax.nn.logsumexp(log_k[..., None] + safe_log, axis=1,
+                             where=(probs > 0) & valid[..., None])
+  log_den = jax.nn.logsumexp(log_k, axis=1, where=valid)
+  has_evidence = jnp.isfinite(log_den) | jnp.isnan(log_den)
+  safe_den = jnp.where(has_evidence, log_den, 0.0)
+  return jnp.where(has_evidence[:, None], log_num - safe_den[:, None],
+                   -math.log(num_classes))
+
+
+def soft_gaussian_kernel_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    centres: jax.Array,
+    centre_label_probs: jax.Array,
+    neighbour_idx: jax.Array,
+    *,
+    sigma: float | jax.Array,
+    centre_log_weights: jax.Array | None = None,
+    neighbour_mask: jax.Array | None = None,
+    num_classes: int | None = None,
+) -> jax.Array:
+  r"""Per-example NNGK loss against centres with soft labels.
+
+  .. math::
+    \ell(x, y) = -\log \frac{\sum_{j \in N_K(x)} k_j(x)\, y_{j,y}}
+                             {\sum_{j \in N_K(x)} k_j(x)}
+
+  the soft-label form of :func:`gaussian_kernel_loss` (the example's own
+  label ``y`` stays hard; the centres' rows :math:`y_j` are probability
+  vectors). On one-hot rows it equals :func:`gaussian_kernel_loss` exactly,
+  including its no-positive case: when no unmasked neighbour has mass on
+  ``y`` the loss is the authors' :math:`\log(S + m\epsilon) - \log
+  \epsilon`, with :math:`m` the classes with no mass among the neighbours
+  (``num_classes`` minus those with mass; 1 when ``num_classes`` is None).
+  The label rows are constants of the loss: no gradient flows into them.
+
+  Args:
+    embeddings: ``[batch, dim]`` float.
+    labels: ``[batch]`` int, the examples' classes.
+    centres: ``[num_centres, dim]`` float.
+    centre_label_probs: ``[num_centres, num_classes]`` float, non-negative.
+    neighbour_idx: ``[batch, k]`` int indices into ``centres`` (the
+      example's own centre excluded by the caller).
+    sigma: positive kernel width.
+    centre_log_weights: optional ``[num_centres]`` float :math:`\theta_j`.
+    neighbour_mask: optional ``[batch, k]`` bool.
+    num_classes: optional, counts the absent classes of the no-positive case
+      as :func:`gaussian_kernel_loss` does (it must then equal the label
+      rows' width).
+
+  Returns:
+    ``[batch]`` losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> centres = jnp.array([[0., 0.], [1., 0.]])
+    >>> y = jnp.array([[0.5, 0.5], [0., 1.]])
+    >>> loss = soft_gaussian_kernel_loss(jnp.array([[0., 0.]]), jnp.array([0]),
+    ...     centres, y, jnp.array([[0, 1]]), sigma=1.)
+    >>> round(float(loss[0]), 4)  # -log(0.5 / (1 + e^-0.5))
+    1.1672
+  """
+  _check_soft_inputs(embeddings, centres, centre_label_probs, neighbour_idx,
+                     centre_log_weights, neighbour_mask, sigma)
+  _check_rank("labels", labels, 1, "[batch]")
+  _check_dtype("labels", labels, "int")
+  if jnp.shape(labels)[0] != jnp.shape(embeddings)[0]:
+    raise ValueError(
+        f"labels has {jnp.shape(labels)[0]} entries for a batch of "
+        f"{jnp.shape(embeddings)[0]} embeddings")
+  width = jnp.shape(centre_label_probs)[1]
+  if num_classes is not None:
+    num_classes = positive_int("num_classes", num_classes)
+    if num_classes != width:
+      raise ValueError(f"num_classes={num_classes} but centre_label_probs "
+                       f"has {width} columns")
+  log_k, probs, safe_log, valid = _soft_neighbour_terms(
+      embeddings, centres, centre_label_probs, neighbour_idx, sigma,
+      centre_log_weights, neighbour_mask)
+  rows = jnp.arange(jnp.shape(labels)[0])
+  own = probs[rows, :, labels]  # [B, K]: y_{j, y}
+  own_log = safe_log[rows, :, labels]
+  log_num = jax.nn.logsumexp(log_k + own_log, axis=1, where=(own > 0) & valid)
+  log_den = jax.nn.logsumexp(log_k, axis=1, where=valid)
+  present = jnp.sum(jnp.any((probs > 0) & valid[..., None], axis=1), axis=1)
+  return _ratio_or_empty_loss(log_num, log_den, present, num_classes)
