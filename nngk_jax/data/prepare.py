@@ -303,7 +303,8 @@ def check_manual_files(
   there must have the original size.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     manual_dir: the manual dir (``<data_dir>/downloads/manual``).
     expected_annotations: images per split the Cars196 annotation files must
       list; None uses :data:`CARS196_NUM_ANNOTATIONS`.
@@ -428,7 +429,8 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
   """Downloads (or takes from the manual dir) and prepares one benchmark.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     data_dir: TFDS data dir; None uses
       :func:`~nngk_jax.data.benchmarks.default_data_dir`.
     manual_dir: folder of files placed by hand; None uses
