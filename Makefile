@@ -59,7 +59,7 @@ compare: venv
 data: venv
 	@case $(call q,$(DATASET)) in \
 	  cub|cars196|sop|cifar10|cifar100) ;; \
-	  glyphs|digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, cifar10, cifar100, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	  glyphs|digits|folder:*|split_digits|split_glyphs) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, cifar10, cifar100, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	  split_cifar10) echo "make data: the task stream split_cifar10 reads cifar10: make data DATASET=cifar10" >&2; exit 2 ;; \
 	  split_cifar100) echo "make data: the task stream split_cifar100 reads cifar10 and cifar100: make data DATASET=cifar10 and make data DATASET=cifar100" >&2; exit 2 ;; \
 	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, cifar10, cifar100, e.g. make data DATASET=cub" >&2; exit 2 ;; \

@@ -150,7 +150,6 @@ def test_task_stream_checks_its_tasks():
 
 
 def test_split_cifar10_on_mock_data(fake_tfds):
-  pytest.importorskip("grain")
   with fake_tfds("cifar10"):
     stream = tasks.load_task_stream("split_cifar10", check_counts=False)
   assert stream.task_classes == ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))

@@ -1,10 +1,10 @@
-"""Prepares the TFDS benchmarks (CUB-200-2011, Cars196, SOP) for loading.
+"""Prepares the TFDS benchmarks (CUB-200-2011, Cars196, SOP, CIFAR) for loading.
 
 Command line (``make data DATASET=<name>`` installs ``requirements-data.txt``
 and runs it)::
 
-    python -m nngk_jax.data.prepare cub|cars196|sop [--data-dir DIR]
-        [--manual-dir DIR]
+    python -m nngk_jax.data.prepare cub|cars196|sop|cifar10|cifar100
+        [--data-dir DIR] [--manual-dir DIR]
 
 Preparation runs the TFDS builder's ``download_and_prepare`` in the
 ``array_record`` file format, which :func:`nngk_jax.data.tfds.load_benchmark`
