@@ -232,3 +232,16 @@ def test_missing_cifar100_names_its_command(tmp_path):
   with pytest.raises(splits.DatasetNotAvailableError,
                      match="make data DATASET=cifar100"):
     tfds_data.load_benchmark("cifar100", data_dir=str(tmp_path))
+
+
+def test_joined_image_splits_need_one_transform():
+  from nngk_jax.data import pipeline
+  records = [np.zeros((4, 4, 3), np.uint8)] * 2
+  a, b = (pipeline.ImageSplit(records, [0, 0], ("x",),
+                              pipeline.ImageTransform(resize=s, crop=4))
+          for s in (4, 6))
+  with pytest.raises(ValueError, match="one transform"):
+    tasks._take([a, b], np.array([[0, 0], [1, 1]]), np.array([0, 0]), ("x",))
+  joined = tasks._take([a, a], np.array([[0, 1], [1, 0]]), np.array([0, 0]),
+                       ("x",))
+  assert len(joined) == 2 and joined[1]["image"].shape == (4, 4, 3)

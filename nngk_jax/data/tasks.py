@@ -77,6 +77,10 @@ ZENKE_CIFAR100_CLASSES = 50
 class TaskStream:
   """A classification dataset as a sequence of tasks with disjoint classes.
 
+  Each call of :meth:`task` or :meth:`seen` builds a new dataset (an
+  in-memory split copies the images it keeps; an image split keeps only
+  record references), so hold on to one rather than calling it per step.
+
   Attributes:
     name: the stream's name, e.g. ``"split_digits"``.
     full: the whole dataset, protocol ``"classification"``: every class,
@@ -216,6 +220,10 @@ def _take(parts: Sequence[splits.SplitLike], refs: np.ndarray,
     return splits.Split(parts[0].images[refs[:, 1]], labels,
                         tuple(class_names), require_every_class=False)
   if kinds == {pipelib.ImageSplit}:
+    transforms = {part.transform for part in parts}
+    if len(transforms) != 1:
+      raise ValueError(f"image splits joined into one need one transform, "
+                       f"got {sorted(map(repr, transforms))}")
     return pipelib.ImageSplit(
         _Rows([part.records for part in parts], refs), labels, class_names,
         parts[0].transform, options=parts[0].options,
