@@ -51,15 +51,18 @@ bench: venv
 compare: venv
 	$(PY) experiments/compare.py --dataset $(call q,$(DATASET)) --results-doc docs/results.md $(ARGS)
 
-# Prepares a TFDS benchmark (cub, cars196, sop) for training: installs the
+# Prepares a TFDS benchmark (cub, cars196, sop; cifar10, cifar100 for the
+# task streams split_cifar10 / split_cifar100) for training: installs the
 # optional requirements-data.txt (TensorFlow) into $(VENV), then downloads and
 # prepares it under $(TFDS_DATA_DIR) (default ~/tensorflow_datasets). Cars196
 # needs its files placed by hand first: see docs/data.md.
 data: venv
 	@case $(call q,$(DATASET)) in \
-	  cub|cars196|sop) ;; \
-	  glyphs|digits|folder:*) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
-	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	  cub|cars196|sop|cifar10|cifar100) ;; \
+	  glyphs|digits|folder:*|split_digits|split_glyphs) echo "make data: DATASET=$(DATASET) needs no preparation; prepare one of cub, cars196, sop, cifar10, cifar100, e.g. make data DATASET=cub" >&2; exit 2 ;; \
+	  split_cifar10) echo "make data: the task stream split_cifar10 reads cifar10: make data DATASET=cifar10" >&2; exit 2 ;; \
+	  split_cifar100) echo "make data: the task stream split_cifar100 reads cifar10 and cifar100: make data DATASET=cifar10 and make data DATASET=cifar100" >&2; exit 2 ;; \
+	  *) echo "make data: unknown DATASET=$(DATASET); prepare one of cub, cars196, sop, cifar10, cifar100, e.g. make data DATASET=cub" >&2; exit 2 ;; \
 	esac
 	$(PY) -m pip install -q -r requirements-data.txt
 	$(PY) -m nngk_jax.data.prepare $(call q,$(DATASET)) $(if $(TFDS_DATA_DIR),--data-dir $(call q,$(TFDS_DATA_DIR)))

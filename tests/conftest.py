@@ -61,18 +61,27 @@ FAKE_LABELS = {
                 "test": [5, 5, 5, 195, 195, 195]},
     "sop": {"train": [0, 0, 0, 1, 1, 1, 2, 2],
             "test": [3, 3, 3, 4, 4, 4, 5, 5, 5]},
+    # Classification: both splits hold every class (CIFAR-100's test all
+    # but class 98).
+    "cifar10": {"train": [c for c in range(10) for _ in range(3)],
+                "test": list(range(9, -1, -1))},
+    "cifar100": {"train": list(range(100)) + list(range(0, 100, 7)),
+                 "test": [c for c in range(100) if c != 98]},
 }
 
 
-def _fake_tfds(name):
-  """mock_data serving FAKE_LABELS[name] with encoded images."""
+def _fake_tfds(*names):
+  """mock_data serving FAKE_LABELS[name] with encoded images, for each of
+  ``names`` (the builder asked for picks one)."""
   from nngk_jax.data import benchmarks
   import tensorflow_datasets as tfds
-  bench = benchmarks.BENCHMARKS[name]
+  by_builder = {benchmarks.BENCHMARKS[n].builder: n for n in names}
 
   def as_data_source(builder, split, decoders=None, **kwargs):
-    del builder, decoders, kwargs
-    return [{"image": _encoded(17 * i % 256), bench.label_key: label,
+    del decoders, kwargs
+    name = by_builder[builder.name]
+    label_key = benchmarks.BENCHMARKS[name].label_key
+    return [{"image": _encoded(17 * i % 256), label_key: label,
              "id": f"{split}-{i}"}
             for i, label in enumerate(FAKE_LABELS[name][str(split)])]
 
@@ -82,8 +91,9 @@ def _fake_tfds(name):
 
 @pytest.fixture
 def fake_tfds():
-  """``fake_tfds(name)``: a context in which ``tfds.data_source`` serves
-  small fake CUB / Cars196 / SOP data (``FAKE_LABELS``, PNG-encoded images);
+  """``fake_tfds(*names)``: a context in which ``tfds.data_source`` serves
+  small fake CUB / Cars196 / SOP / CIFAR data (``FAKE_LABELS``, PNG-encoded
+  images) for the benchmarks named;
   ``fake_tfds.labels`` is ``FAKE_LABELS``.
   """
   pytest.importorskip("tensorflow_datasets")

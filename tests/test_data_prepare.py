@@ -91,6 +91,8 @@ def _load_tfds_checksums(relative):
     ("cub", "url_checksums/caltech_birds2011.txt"),
     ("cars196", "url_checksums/cars196.txt"),
     ("sop", "datasets/stanford_online_products/checksums.tsv"),
+    ("cifar10", "url_checksums/cifar10.txt"),
+    ("cifar100", "url_checksums/cifar100.txt"),
 ])
 def test_original_files_match_tfds_checksums(name, relative):
   infos = _load_tfds_checksums(relative)
@@ -239,7 +241,8 @@ def test_commands_and_messages(tmp_path, monkeypatch):
   for name in benchmarks.BENCHMARKS:
     message = benchmarks.missing_data_message(name)
     assert f"`make data DATASET={name}`" in message
-    assert f"`make train DATASET={name}`" in message
+    metric = benchmarks.BENCHMARKS[name].protocol == "metric"
+    assert (f"`make train DATASET={name}`" in message) == metric
     assert ("downloads/manual" in message) == (name == "cars196")
     assert str(tmp_path) in message
     assert benchmarks.BENCHMARKS[name].builder in message

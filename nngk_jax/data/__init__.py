@@ -20,9 +20,11 @@ The modules import one way, each only from those above it::
     glyphs      load_glyphs: rendered characters         (splits)
     folder      load_image_folder: folder:PATH; list_image_folder,
                 read_image                               (splits, pipeline)
-    tfds        CUB, Cars196, SOP through tensorflow-datasets
+    tfds        CUB, Cars196, SOP, CIFAR through tensorflow-datasets
                                                  (splits, pipeline, benchmarks)
     registry    DATASETS, load_dataset       (digits, folder, glyphs, tfds)
+    tasks       TaskStream, TASK_STREAMS, load_task_stream: continual
+                learning                     (splits, pipeline, registry)
     prepare     ``python -m nngk_jax.data.prepare``: ``make data``
                                                  (benchmarks)
 
@@ -53,6 +55,9 @@ from nngk_jax.data.splits import PROTOCOLS
 from nngk_jax.data.splits import Split
 from nngk_jax.data.splits import SplitLike
 from nngk_jax.data.splits import check_labels
+from nngk_jax.data.tasks import TASK_STREAMS
+from nngk_jax.data.tasks import TaskStream
+from nngk_jax.data.tasks import load_task_stream
 
 __all__ = [
     "DATASETS",
@@ -64,6 +69,8 @@ __all__ = [
     "SAMPLERS",
     "Split",
     "SplitLike",
+    "TASK_STREAMS",
+    "TaskStream",
     "check_labels",
     "iterate_batches",
     "iterate_class_balanced_batches",
@@ -71,6 +78,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_image_folder",
+    "load_task_stream",
     "num_batches",
     "read_image",
 ]

@@ -1,4 +1,4 @@
-"""The TFDS benchmarks (CUB-200-2011, Cars196, SOP) and where their files go.
+"""The TFDS benchmarks (CUB-200-2011, Cars196, SOP, CIFAR) and where their files go.
 
 Both sides of a benchmark's life start here: :mod:`nngk_jax.data.tfds` reads
 a prepared benchmark (and, when it is not prepared, raises
@@ -54,6 +54,14 @@ class Benchmark:
     num_images: expected ``(train, test)`` image counts.
     num_classes: expected ``(train, test)`` class counts.
     manual_download: True when the files must be placed by hand.
+    protocol: ``"metric"`` (class-disjoint halves, each numbering its
+      classes ``0..C-1``) or ``"classification"`` (the TFDS ``train`` /
+      ``test`` splits, sharing every class and its TFDS label id: CIFAR,
+      read by the continual-learning task streams of
+      :mod:`nngk_jax.data.tasks`).
+    image_size: when set, the images are this side already and the default
+      transform keeps them so (resize and crop to it), instead of the
+      ImageNet-style resize 256, crop 224.
   """
 
   builder: str
@@ -63,6 +71,8 @@ class Benchmark:
   num_images: tuple[int, int]
   num_classes: tuple[int, int]
   manual_download: bool = False
+  protocol: str = "metric"
+  image_size: int | None = None
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -78,6 +88,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         builder="stanford_online_products", label_key="class_id",
         tfds_splits=("train", "test"), class_rule=None,
         num_images=(59551, 60502), num_classes=(11318, 11316)),
+    "cifar10": Benchmark(
+        builder="cifar10", label_key="label", tfds_splits=("train", "test"),
+        class_rule=None, num_images=(50000, 10000), num_classes=(10, 10),
+        protocol="classification", image_size=32),
+    "cifar100": Benchmark(
+        builder="cifar100", label_key="label", tfds_splits=("train", "test"),
+        class_rule=None, num_images=(50000, 10000), num_classes=(100, 100),
+        protocol="classification", image_size=32),
 }
 
 
@@ -100,7 +118,8 @@ class OriginalFile:
 
 _CARS_URL = "http://ai.stanford.edu/~jkrause/car196/"
 
-# From TFDS 4.9.10's url_checksums/{caltech_birds2011,cars196}.txt and
+# From TFDS 4.9.10's url_checksums/{caltech_birds2011,cars196,cifar10,
+# cifar100}.txt and
 # datasets/stanford_online_products/checksums.tsv (tests compare them).
 ORIGINAL_FILES: dict[str, tuple[OriginalFile, ...]] = {
     "cub": (
@@ -139,6 +158,18 @@ ORIGINAL_FILES: dict[str, tuple[OriginalFile, ...]] = {
             "b04fa78210e69fab050ce73939550e1cd0f96890bdd98ec9fee732c3b756ef48",
             "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"),
     ),
+    "cifar10": (
+        OriginalFile(
+            "cifar-10-binary.tar.gz", 170052171,
+            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    ),
+    "cifar100": (
+        OriginalFile(
+            "cifar-100-binary.tar.gz", 168513733,
+            "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
+            "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
+    ),
 }
 
 
@@ -146,7 +177,8 @@ def lookup(name: str) -> Benchmark:
   """Returns the benchmark called ``name``, or raises a ValueError.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`BENCHMARKS` (``"cub"``, ``"cars196"``, ``"sop"``,
+      ``"cifar10"``, ``"cifar100"``).
 
   Returns:
     ``BENCHMARKS[name]``.
@@ -217,7 +249,8 @@ def prepare_command(name: str,
   """Returns the command that prepares a benchmark.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`BENCHMARKS` (``"cub"``, ``"cars196"``, ``"sop"``,
+      ``"cifar10"``, ``"cifar100"``).
     data_dir: TFDS data dir; included when it is not the default one.
 
   Returns:
@@ -249,14 +282,16 @@ def missing_data_message(name: str,
   """Says that a benchmark is not prepared and the exact command to run.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`BENCHMARKS` (``"cub"``, ``"cars196"``, ``"sop"``,
+      ``"cifar10"``, ``"cifar100"``).
     data_dir: the TFDS data dir that was searched (the root holding
       ``<builder>/<version>/``); None means the default one.
 
   Returns:
     The message, naming ``make data DATASET=<name>`` (with
-    ``TFDS_DATA_DIR`` when ``data_dir`` is not the default) and, for Cars196,
-    the folder its files must be placed in first.
+    ``TFDS_DATA_DIR`` when ``data_dir`` is not the default), for Cars196 the
+    folder its files must be placed in first, and for a metric benchmark the
+    ``make train`` command to run next.
 
   Raises:
     ValueError: ``name`` is not a benchmark that needs preparing.
@@ -281,4 +316,7 @@ def missing_data_message(name: str,
     download = sum(f.size for f in ORIGINAL_FILES[name]) / 1e9
     message += (f"Run `{command}` to download ({download:.1f} GB, needs "
                 f"internet) and prepare it once (see {DOCS})")
+  if bench.protocol == "classification":
+    # Read by the task streams (nngk_jax.data.tasks), not `make train`.
+    return message + ", then load it again"
   return message + f", then `make train DATASET={name}` again"

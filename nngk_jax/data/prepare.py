@@ -1,10 +1,10 @@
-"""Prepares the TFDS benchmarks (CUB-200-2011, Cars196, SOP) for loading.
+"""Prepares the TFDS benchmarks (CUB-200-2011, Cars196, SOP, CIFAR) for loading.
 
 Command line (``make data DATASET=<name>`` installs ``requirements-data.txt``
 and runs it)::
 
-    python -m nngk_jax.data.prepare cub|cars196|sop [--data-dir DIR]
-        [--manual-dir DIR]
+    python -m nngk_jax.data.prepare cub|cars196|sop|cifar10|cifar100
+        [--data-dir DIR] [--manual-dir DIR]
 
 Preparation runs the TFDS builder's ``download_and_prepare`` in the
 ``array_record`` file format, which :func:`nngk_jax.data.tfds.load_benchmark`
@@ -303,7 +303,8 @@ def check_manual_files(
   there must have the original size.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     manual_dir: the manual dir (``<data_dir>/downloads/manual``).
     expected_annotations: images per split the Cars196 annotation files must
       list; None uses :data:`CARS196_NUM_ANNOTATIONS`.
@@ -428,7 +429,8 @@ def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, *,
   """Downloads (or takes from the manual dir) and prepares one benchmark.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     data_dir: TFDS data dir; None uses
       :func:`~nngk_jax.data.benchmarks.default_data_dir`.
     manual_dir: folder of files placed by hand; None uses

@@ -37,6 +37,8 @@ DATASETS: dict[str, Callable[..., splits.Dataset]] = {
     "cub": _benchmark("cub"),            # CUB-200-2011
     "cars196": _benchmark("cars196"),    # Stanford Cars
     "sop": _benchmark("sop"),            # Stanford Online Products
+    "cifar10": _benchmark("cifar10"),    # classification; task streams
+    "cifar100": _benchmark("cifar100"),
     "glyphs": glyphs.load_glyphs,        # rendered characters, offline
 }
 _TAKES_ARGUMENT = frozenset({"folder"})

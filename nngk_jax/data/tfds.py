@@ -7,6 +7,9 @@ class-disjoint train / test halves as in the evaluation protocol
 (``shared/reference/methods.md``): CUB classes 1-100 / 101-200, Cars196
 1-98 / 99-196 (TFDS labels are 0-based, so 0-99 / 100-199 and 0-97 /
 98-195), SOP its own ``train`` (Ebay_train) / ``test`` (Ebay_test) splits.
+CIFAR-10 and CIFAR-100 (classification benchmarks, for the continual-learning
+task streams of :mod:`nngk_jax.data.tasks`) keep their TFDS ``train`` /
+``test`` splits, which share every class and its TFDS label id.
 
 The datasets must have been prepared beforehand in the ``array_record`` file
 format (``make data DATASET=<name>``); loading never downloads, and missing
@@ -35,6 +38,7 @@ from nngk_jax.data import splits
 
 __all__ = [
     "TfdsRecords",
+    "default_transform",
     "load_benchmark",
     "load_benchmark_dataset",
     "split_by_class",
@@ -157,24 +161,48 @@ def verify_counts(name: str, train, test) -> None:
         f"pass data.check_counts=False to train on it anyway.")
 
 
+def default_transform(name: str) -> pipelib.ImageTransform:
+  """The transform a benchmark is read with when none is given.
+
+  Args:
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`.
+
+  Returns:
+    Resize and crop to the benchmark's ``image_size`` when it has one
+    (CIFAR: 32, so random crops are the identity and only flips augment),
+    else the default :class:`~nngk_jax.data.pipeline.ImageTransform`
+    (resize 256, crop 224).
+
+  Examples:
+    >>> default_transform("cifar10").output_shape
+    (32, 32, 3)
+  """
+  side = benchmarks.lookup(name).image_size
+  if side is None:
+    return pipelib.ImageTransform()
+  return pipelib.ImageTransform(resize=side, crop=side)
+
+
 def load_benchmark(
     name: str, *, data_dir: str | None = None,
     transform: pipelib.ImageTransform | None = None,
     options: pipelib.LoaderOptions | None = None, check_counts: bool = True,
 ) -> tuple[pipelib.ImageSplit, pipelib.ImageSplit]:
-  """Loads a benchmark as class-disjoint train and test image splits.
+  """Loads a benchmark as train and test image splits (class-disjoint: metric).
 
   All TFDS splits are read with ``tfds.data_source`` (no download) and
   concatenated in TFDS record order; CUB and Cars196 are re-split by class,
   SOP keeps its TFDS train / test splits. Labels are remapped to ``0..C-1``
-  per half, in increasing TFDS label order.
+  per half, in increasing TFDS label order. A classification benchmark
+  (CIFAR) keeps its TFDS train / test splits and TFDS label ids in both.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     data_dir: TFDS data dir; None uses the TFDS default (``TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
     transform: the :class:`~nngk_jax.data.pipeline.ImageTransform` (default:
-      resize 256, crop 224).
+      :func:`default_transform`).
     options: the :class:`~nngk_jax.data.pipeline.LoaderOptions`.
     check_counts: raise ValueError when image or class counts differ from the
       evaluation protocol.
@@ -219,14 +247,20 @@ def load_benchmark(
   else:
     train_pos, test_pos = split_by_class(labels, bench.class_rule)
 
-  transform = transform or pipelib.ImageTransform()
+  transform = transform or default_transform(name)
+  # Metric: each half numbers its own classes. Classification: both halves
+  # keep the TFDS label ids (every class of the features, or those found);
+  # the test half may lack a class.
+  shared = None
+  if bench.protocol == "classification":
+    shared = np.arange(len(names)) if names else np.unique(labels)
   halves = []
   for pos in (train_pos, test_pos):
-    new_labels, classes = splits.remap_labels(labels[pos])
+    new_labels, classes = splits.remap_labels(labels[pos], shared)
     class_names = [names[c] if names else str(c) for c in classes]
     halves.append(pipelib.ImageSplit(
         TfdsRecords(sources, refs[pos]), new_labels, class_names, transform,
-        options=options))
+        options=options, require_every_class=shared is None))
   train, test = halves
   if check_counts:
     verify_counts(name, train, test)
@@ -236,22 +270,29 @@ def load_benchmark(
 def load_benchmark_dataset(name: str, *, data_dir: str | None = None,
                            pipeline: dict[str, Any] | None = None,
                            check_counts: bool = True) -> splits.Dataset:
-  """A benchmark as a metric-learning :class:`~nngk_jax.data.splits.Dataset`.
+  """A benchmark as a :class:`~nngk_jax.data.splits.Dataset`.
 
-  This is what ``load_dataset("cub")`` (and ``"cars196"``, ``"sop"``)
-  calls, with the config's ``data`` fields as keyword arguments.
+  This is what ``load_dataset("cub")`` (and ``"cars196"``, ``"sop"``,
+  ``"cifar10"``, ``"cifar100"``) calls, with the config's ``data`` fields as keyword arguments.
 
   Args:
-    name: ``"cub"``, ``"cars196"`` or ``"sop"``.
+    name: a key of :data:`~nngk_jax.data.benchmarks.BENCHMARKS`
+      (``"cub"``, ``"cars196"``, ``"sop"``, ``"cifar10"``, ``"cifar100"``).
     data_dir: TFDS data dir (default: ``TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
     pipeline: options of :func:`nngk_jax.data.pipeline.pipeline_from_options`.
     check_counts: check the protocol's image and class counts.
 
   Returns:
-    A :class:`~nngk_jax.data.splits.Dataset` with protocol ``"metric"``.
+    A :class:`~nngk_jax.data.splits.Dataset` with the benchmark's protocol
+    (``"metric"``; ``"classification"`` for CIFAR).
   """
+  bench = benchmarks.lookup(name)
+  if bench.image_size is not None:
+    side = bench.image_size
+    pipeline = {"resize": side, "crop": side, **(pipeline or {})}
   transform, options = pipelib.pipeline_from_options(pipeline)
   train, test = load_benchmark(name, data_dir=data_dir, transform=transform,
                                options=options, check_counts=check_counts)
-  return splits.Dataset(name=name, train=train, test=test, protocol="metric")
+  return splits.Dataset(name=name, train=train, test=test,
+                        protocol=bench.protocol)
