@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_bars",
+    "plot_continual",
     "plot_embedding_2d",
     "plot_history",
     "plot_retrieval_grid",
@@ -473,4 +474,74 @@ def plot_bars(names: Sequence[str],
   ax.set_axisbelow(True)
   if title:
     ax.set_title(title)
+  return _save(fig, path)
+
+
+def plot_continual(accuracy: Mapping[str, np.ndarray],
+                   path: PathLike,
+                   *,
+                   ylabel: str = "accuracy",
+                   title: str = "") -> pathlib.Path:
+  """Accuracy on each task as tasks arrive, one panel per method.
+
+  Line ``j`` of a panel is the accuracy on task ``j``'s test split after
+  training each task ``i >= j`` (mean over seeds, shaded band one standard
+  deviation); the thick black line is the mean over the tasks seen so far.
+  A method with a single row (joint training) is drawn as a dashed
+  horizontal line at its mean in every panel.
+
+  Args:
+    accuracy: method name to ``[seeds, E, E]`` arrays, ``[s, i, j]`` the
+      accuracy on task ``j`` after task ``i`` (NaN for ``j > i``), or
+      ``[seeds, 1, E]`` for a method trained once on every task.
+    path: the PNG to write.
+    ylabel: the y-axis label.
+    title: the figure title.
+
+  Returns:
+    ``path`` as a ``pathlib.Path``.
+
+  Examples:
+    >>> import tempfile, pathlib
+    >>> acc = np.array([[[0.9, np.nan], [0.5, 0.8]]])
+    >>> out = plot_continual({"finetune": acc, "joint": acc[:, 1:]},
+    ...                      pathlib.Path(tempfile.mkdtemp()) / "tasks.png")
+    >>> out.name
+    'tasks.png'
+  """
+  sequential = {name: np.asarray(a, np.float64) for name, a in
+                accuracy.items() if np.ndim(a) == 3 and np.shape(a)[1] > 1}
+  once = {name: np.asarray(a, np.float64) for name, a in accuracy.items()
+          if np.ndim(a) == 3 and np.shape(a)[1] == 1}
+  if not sequential or len(sequential) + len(once) != len(accuracy):
+    raise ValueError(
+        "plot_continual: need at least one method with [seeds, E, E] "
+        "accuracies (others [seeds, 1, E]); got shapes "
+        f"{ {n: np.shape(a) for n, a in accuracy.items()} }")
+  num_tasks = next(iter(sequential.values())).shape[1]
+  fig = Figure(figsize=(3.2 * len(sequential) + 0.6, 3.4), layout="constrained")
+  axes = fig.subplots(1, len(sequential), sharey=True, squeeze=False)[0]
+  colours = _class_colours(num_tasks)
+  steps = np.arange(1, num_tasks + 1)
+  for ax, (name, acc) in zip(axes, sequential.items()):
+    mean, std = np.nanmean(acc, axis=0), np.nanstd(acc, axis=0)
+    for j in range(num_tasks):
+      ax.plot(steps[j:], mean[j:, j], marker="o", markersize=3,
+              color=colours[j], label=f"task {j + 1}")
+      ax.fill_between(steps[j:], (mean - std)[j:, j], (mean + std)[j:, j],
+                      color=colours[j], alpha=0.15, linewidth=0)
+    ax.plot(steps, np.nanmean(mean, axis=1), color="black", linewidth=2.5,
+            label="mean so far")
+    for other, single in once.items():
+      ax.axhline(np.nanmean(single), color="grey", linestyle="--",
+                 label=f"{other} (all tasks)")
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("after task")
+    ax.set_xticks(steps)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(ylabel)
+  axes[-1].legend(fontsize=7, loc="lower left")
+  if title:
+    fig.suptitle(title)
   return _save(fig, path)
