@@ -13,7 +13,7 @@ q = '$(subst ','\'',$(1))'
 # PyNNDescent's numba kernels are cached here across processes.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: venv train test test-fast bench compare notebook clean data search
+.PHONY: venv train test test-fast bench compare notebook clean data search continual
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -44,6 +44,18 @@ OUT ?= $(RUN)/search.png
 
 search: venv
 	$(PY) -m nngk_jax.search --run $(call q,$(RUN)) $(foreach f,$(QUERY),--query $(call q,$(f))) --k $(K) --out $(call q,$(OUT)) $(ARGS)
+
+# `make continual DATASET=split_glyphs`: continual NNGK (seed 002 Algorithm 1)
+# against fine-tuning, EWC, the static NNGK bank and joint training, over
+# seeds; the table and plots go into docs/results.md
+# (experiments/continual_results.py; ARGS passes its options, e.g.
+# ARGS="--seeds 0 --variants"). DATASET must name a task stream
+# (split_digits, split_glyphs, split_cifar10, split_cifar100); any other
+# value runs split_glyphs.
+CONTINUAL_STREAM = $(if $(filter split_%,$(DATASET)),$(DATASET),split_glyphs)
+
+continual: venv
+	$(PY) experiments/continual_results.py --stream $(call q,$(CONTINUAL_STREAM)) --results-doc docs/results.md $(ARGS)
 
 bench: venv
 	$(PY) experiments/bench.py $(ARGS)

@@ -141,15 +141,18 @@ def main(argv=None) -> int:
             f"{record['final_bank_size']}", flush=True)
   docs = pathlib.Path(args.results_doc).parent if args.results_doc else out_dir
   plots = {}
+  tag = "_".join([args.stream, *(item.replace("=", "_").replace('"', "")
+                                 for item in args.set or ())])
   for mode in ("class", "task"):
     plots[mode] = plotting.plot_continual(
         {name: np.array([r[f"{mode}_acc"] for r in runs_])
          for name, runs_ in records.items()},
-        docs / f"continual_{args.stream}_{mode}.png",
+        docs / f"continual_{tag}_{mode}.png",
         ylabel=f"{mode}-incremental accuracy",
-        title=f"{args.stream}: accuracy on each task as tasks arrive")
+        title=f"{heading}: accuracy on each task as tasks arrive")
+  heading = args.stream + (f" ({', '.join(args.set)})" if args.set else "")
   body = "\n".join([
-      f"### {args.stream}",
+      f"### {heading}",
       "",
       f"`python experiments/continual_results.py --stream {args.stream} "
       f"--seeds {' '.join(map(str, args.seeds))}"
@@ -173,12 +176,12 @@ def main(argv=None) -> int:
   if args.results_doc:
     compare.replace_section(pathlib.Path(args.results_doc),
                             _merge_streams(pathlib.Path(args.results_doc),
-                                           args.stream, body), SECTION)
+                                           heading, body), SECTION)
   return 0
 
 
-def _merge_streams(doc: pathlib.Path, stream: str, body: str) -> str:
-  """The section's text with this stream's subsection replaced or added."""
+def _merge_streams(doc: pathlib.Path, heading: str, body: str) -> str:
+  """The section's text with the subsection ``heading`` replaced or added."""
   text = doc.read_text() if doc.exists() else ""
   start = text.find(SECTION)
   if start < 0:
@@ -189,7 +192,7 @@ def _merge_streams(doc: pathlib.Path, stream: str, body: str) -> str:
   intro, subsections = parts[0], {}
   for part in parts[1:]:
     subsections[part.split("\n", 1)[0].strip()] = "### " + part.strip()
-  subsections[stream] = body
+  subsections[heading] = body
   return "\n\n".join([intro.strip() or _INTRO, *subsections.values()])
 
 
