@@ -140,6 +140,7 @@ def main(argv=None) -> int:
             f"task-IL {record['task_avg_acc']:.3f} bank "
             f"{record['final_bank_size']}", flush=True)
   docs = pathlib.Path(args.results_doc).parent if args.results_doc else out_dir
+  heading = args.stream + (f" ({', '.join(args.set)})" if args.set else "")
   plots = {}
   tag = "_".join([args.stream, *(item.replace("=", "_").replace('"', "")
                                  for item in args.set or ())])
@@ -150,7 +151,6 @@ def main(argv=None) -> int:
         docs / f"continual_{tag}_{mode}.png",
         ylabel=f"{mode}-incremental accuracy",
         title=f"{heading}: accuracy on each task as tasks arrive")
-  heading = args.stream + (f" ({', '.join(args.set)})" if args.set else "")
   body = "\n".join([
       f"### {heading}",
       "",

@@ -16,6 +16,7 @@ import math
 import os
 import pathlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -519,12 +520,20 @@ def plot_continual(accuracy: Mapping[str, np.ndarray],
         "accuracies (others [seeds, 1, E]); got shapes "
         f"{ {n: np.shape(a) for n, a in accuracy.items()} }")
   num_tasks = next(iter(sequential.values())).shape[1]
-  fig = Figure(figsize=(3.2 * len(sequential) + 0.6, 3.4), layout="constrained")
-  axes = fig.subplots(1, len(sequential), sharey=True, squeeze=False)[0]
+  cols = min(4, len(sequential))
+  rows = math.ceil(len(sequential) / cols)
+  fig = Figure(figsize=(3.3 * cols + 0.6, 3.0 * rows + 0.5),
+               layout="constrained")
+  grid = fig.subplots(rows, cols, sharey=True, squeeze=False)
+  for ax in grid.ravel()[len(sequential):]:
+    ax.set_visible(False)
+  axes = grid.ravel()
   colours = _class_colours(num_tasks)
   steps = np.arange(1, num_tasks + 1)
   for ax, (name, acc) in zip(axes, sequential.items()):
-    mean, std = np.nanmean(acc, axis=0), np.nanstd(acc, axis=0)
+    with warnings.catch_warnings():  # the upper triangle is all NaN
+      warnings.simplefilter("ignore", RuntimeWarning)
+      mean, std = np.nanmean(acc, axis=0), np.nanstd(acc, axis=0)
     for j in range(num_tasks):
       ax.plot(steps[j:], mean[j:, j], marker="o", markersize=3,
               color=colours[j], label=f"task {j + 1}")
@@ -540,8 +549,9 @@ def plot_continual(accuracy: Mapping[str, np.ndarray],
     ax.set_xticks(steps)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel(ylabel)
-  axes[-1].legend(fontsize=7, loc="lower left")
+  for row in grid:
+    row[0].set_ylabel(ylabel)
+  axes[len(sequential) - 1].legend(fontsize=7, loc="lower left")
   if title:
     fig.suptitle(title)
   return _save(fig, path)
