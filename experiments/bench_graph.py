@@ -135,6 +135,78 @@ def format_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def bench_swap(num_centres: int = 50_000, dim: int = 128, k: int = 30,
+               steps: int = 200, width: int = 1024, seed: int = 0) -> dict:
+  """Exposed graph-rebuild time, in line against in the background.
+
+  A stand-in for an epoch: ``steps`` jitted matrix products
+  (``[width, width] @ [width, width]``, a few ms each) each preceded by the
+  bank's ``batch_extras`` for 64 rows, as the trainer calls them. Three
+  epochs are timed after a refresh of ``num_centres`` random clustered
+  centres: with no rebuild (the graph kept), with the PyNNDescent rebuild in
+  line, and with it in the background. Exposed time is the epoch's time
+  beyond the one without a rebuild; in the background that is what the
+  build's thread takes from the step's cores (here 2) plus any wait.
+  """
+  import jax
+  import jax.numpy as jnp
+  from nngk_jax import bank as banklib
+
+  labels = np.arange(num_centres) % max(num_centres // 50, 2)
+  first, second = (clustered_points(num_centres, dim, s) for s in (seed,
+                                                                  seed + 1))
+  matrix = jnp.ones((width, width), jnp.float32) / width
+  step = jax.jit(lambda x: jnp.tanh(x @ matrix))
+  rng = np.random.default_rng(seed)
+  rows = [rng.integers(0, num_centres, 64) for _ in range(steps)]
+
+  def epoch(bank):
+    x = jnp.ones((width, width), jnp.float32)
+    start = time.perf_counter()
+    for index in rows:
+      bank.batch_extras(index)
+      x = step(x)
+    x.block_until_ready()
+    return time.perf_counter() - start
+
+  out = {"num_centres": num_centres, "dim": dim, "k": k, "steps": steps}
+  for mode in ("none", "inline", "background"):
+    bank = banklib.CentreBank(labels, dim, k=k, graph_backend="pynndescent",
+                              background_graph=mode == "background",
+                              warm_up=False, seed=seed)
+    state, _ = bank.refresh(bank.init_state(), 0, lambda: first)
+    epoch(bank)  # compile and warm
+    start = time.perf_counter()
+    if mode != "none":
+      state, record = bank.refresh(state, 1, lambda: second)
+    refresh_seconds = time.perf_counter() - start
+    out[f"{mode}_seconds"] = refresh_seconds + epoch(bank)
+    if mode == "background":
+      stats = bank.statistics({})
+      out["background_build_seconds"] = stats.get("graph_seconds_background")
+      out["swap_step"] = stats.get("graph_swap_step")
+      bank.wait_for_graph()
+  base = out["none_seconds"]
+  out["inline_exposed"] = (out["inline_seconds"] - base) / base
+  out["background_exposed"] = (out["background_seconds"] - base) / base
+  return out
+
+
+def format_swap(r: dict) -> str:
+  return "\n".join([
+      f"Graph rebuild at N = {r['num_centres']:,} (D = {r['dim']}, k = "
+      f"{r['k']}), an epoch of {r['steps']} stand-in steps:",
+      "",
+      "| rebuild | epoch seconds | exposed (share of the epoch) |",
+      "| --- | ---: | ---: |",
+      f"| none (graph kept) | {r['none_seconds']:.2f} | |",
+      f"| in line | {r['inline_seconds']:.2f} | {r['inline_exposed']:.1%} |",
+      f"| background (built in {r['background_build_seconds'] or 0:.1f} s, "
+      f"swapped at step {r['swap_step']}) | {r['background_seconds']:.2f} | "
+      f"{r['background_exposed']:.1%} |",
+  ])
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", type=int, nargs="+",
@@ -144,9 +216,15 @@ def main() -> None:
   parser.add_argument("--num-queries", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--exact-full-max", type=int, default=20_000)
+  parser.add_argument("--swap", type=int, default=0, metavar="N",
+                      help="only the background-rebuild benchmark at N "
+                           "centres")
   args = parser.parse_args()
   start = time.perf_counter()
   print(f"PyNNDescent warm-up (numba compile, 300 points): {warm_up():.1f} s")
+  if args.swap:
+    print(format_swap(bench_swap(args.swap, k=args.k, seed=args.seed)))
+    return
   results = bench_graph(tuple(args.sizes), dim=args.dim, k=args.k,
                         num_queries=args.num_queries, seed=args.seed,
                         exact_full_max=args.exact_full_max)

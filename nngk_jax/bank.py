@@ -12,7 +12,10 @@ Every training embedding is a Gaussian kernel centre (methods.md §1). A
   (:meth:`CentreBank.optimizer`, placed by :func:`nngk_jax.state.make_optimizer`);
 * the **neighbour graph** over the centres and its backend (host side,
   PyNNDescent or exact; rebuilt after each refresh and on resume, never
-  saved);
+  saved). With ``background_graph``, a rebuild after a refresh runs in a
+  worker thread while training goes on with the previous graph; the
+  finished graph is swapped in whole at the next step boundary (the next
+  :meth:`CentreBank.batch_extras`), never a half-built one;
 * its **schedule** (refresh every ``refresh_every`` epochs) and its
   **statistics** (seconds, share of centres without a same-class neighbour,
   spread of the log-weights) for the run's history.
@@ -36,6 +39,7 @@ trainable centres (impostor networks: move ``centres`` into
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -168,6 +172,14 @@ class CentreBank:
     weights_learning_rate: their Adam learning rate.
     seed: seed of the approximate graph.
     warm_up: with PyNNDescent, compile it in a background thread at once.
+    background_graph: rebuild the graph after a refresh in a worker thread
+      while training continues on the previous graph, swapped in at a step
+      boundary (``"auto"``: with PyNNDescent only, where a build takes
+      seconds; the exact search takes milliseconds below the crossover).
+      The first graph of a run (and of a resumed run) is always built at
+      once. Off, a run is reproducible to the bit; on, the step at which the
+      new graph arrives depends on timing (it is recorded in the history as
+      ``graph_swap_step``).
   """
 
   def __init__(self, labels: np.ndarray, dim: int, *, k: int | None = None,
@@ -176,7 +188,7 @@ class CentreBank:
                batch_centre_momentum: float | None = None,
                log_weights: bool = False,
                weights_learning_rate: float = 1e-3, seed: int = 0,
-               warm_up: bool = True):
+               warm_up: bool = True, background_graph: bool | str = False):
     self.labels = np.asarray(labels, np.int32)
     self.dim = checks.positive_int("embedding size", dim)
     if k is not None:
@@ -209,8 +221,18 @@ class CentreBank:
                        f"{weights_learning_rate}")
     self.weights_learning_rate = weights_learning_rate
     self.seed = seed
+    if background_graph == "auto":
+      background_graph = self.graph_backend == "pynndescent"
+    if not isinstance(background_graph, bool):
+      raise ValueError(f"nngk.background_graph must be True, False or 'auto', "
+                       f"got {background_graph!r}")
+    self.background_graph = background_graph and k is not None
     self.graph: neighbourlib.NeighbourGraph | None = None
     self._has_positive: np.ndarray | None = None
+    self._pending: concurrent.futures.Future | None = None
+    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._steps_since_submit = 0
+    self._swap_record: dict[str, float] = {}
 
   @classmethod
   def from_config(cls, config: Any, labels: np.ndarray, dim: int, *,
@@ -224,7 +246,8 @@ class CentreBank:
                batch_centre_momentum=nngk.get("batch_centre_momentum"),
                log_weights=weights and nngk.get("learn_weights", True),
                weights_learning_rate=nngk.get("weights_learning_rate", 1e-3),
-               seed=config.seed)
+               seed=config.seed,
+               background_graph=nngk.get("background_graph", False))
 
   @property
   def num_centres(self) -> int:
@@ -280,8 +303,7 @@ class CentreBank:
       checks.TrainingDivergedError: an embedding is NaN or infinite.
     """
     record: dict[str, float] = {}
-    if self.graph_due(epoch):
-      self.graph = None
+    rebuild = self.graph_due(epoch)
     if self.due(epoch):
       start = time.perf_counter()
       centres = np.asarray(embed_train())
@@ -293,18 +315,78 @@ class CentreBank:
                          f"expected {(self.num_centres, self.dim)}")
       state = state.replace(centres=jnp.asarray(centres, jnp.float32))
       record["refresh_seconds"] = time.perf_counter() - start
-      self.graph = None
-    if self.graph is None and self.k is not None:  # after a refresh or resume
-      start = time.perf_counter()
-      self.graph = neighbourlib.build_neighbour_graph(
-          np.asarray(state.centres), k=self.k, backend=self.graph_backend,
-          centre_labels=self.labels, num_same_class=self.num_same_class,
-          seed=self.seed)
-      self._has_positive = has_positive(self.graph, self.labels)
-      record["graph_seconds"] = time.perf_counter() - start
-      record["missing_positive_fraction"] = float(
-          np.mean(~self._has_positive))
+      rebuild = True
+    if self.k is None:
+      return state, record
+    if self.graph is not None and rebuild and self.background_graph:
+      # Training goes on with the previous graph; batch_extras swaps.
+      self._submit(np.array(state.centres))
+      record["graph_seconds"] = 0.0  # exposed: none
+    elif self.graph is None or rebuild:  # first graph, resume, or in line
+      self._cancel_pending()
+      graph, positive, seconds = self._build(np.asarray(state.centres))
+      self._install(graph, positive)
+      record["graph_seconds"] = seconds
+      record["missing_positive_fraction"] = float(np.mean(~positive))
     return state, record
+
+  def _build(self, centres: np.ndarray):
+    """``(graph, has_positive, seconds)`` over ``centres`` (any thread)."""
+    start = time.perf_counter()
+    graph = neighbourlib.build_neighbour_graph(
+        centres, k=self.k, backend=self.graph_backend,
+        centre_labels=self.labels, num_same_class=self.num_same_class,
+        seed=self.seed)
+    return graph, has_positive(graph, self.labels), time.perf_counter() - start
+
+  def _install(self, graph, positive) -> None:
+    self.graph, self._has_positive = graph, positive
+
+  def _submit(self, centres: np.ndarray) -> None:
+    """Starts a background build.
+
+    A build still running from the previous refresh is waited for and
+    installed first, so the graph never lags more than one refresh behind
+    (a build slower than an epoch is then partly exposed).
+    """
+    self.wait_for_graph()
+    if self._executor is None:
+      self._executor = concurrent.futures.ThreadPoolExecutor(
+          max_workers=1, thread_name_prefix="nngk-graph")
+    self._pending = self._executor.submit(self._build, centres)
+    self._steps_since_submit = 0
+
+  def _cancel_pending(self) -> None:
+    if self._pending is not None:
+      self._pending.cancel()  # a running build finishes, unused
+      self._pending = None
+
+  def _swap_if_ready(self) -> None:
+    """At a step boundary: installs a finished background graph, whole."""
+    if self._pending is None:
+      return
+    if not self._pending.done():
+      self._steps_since_submit += 1
+      return
+    future, self._pending = self._pending, None
+    graph, positive, seconds = future.result()  # re-raises a failed build
+    self._install(graph, positive)
+    self._swap_record = {
+        "graph_seconds_background": seconds,
+        "graph_swap_step": self._steps_since_submit,
+        "missing_positive_fraction": float(np.mean(~positive))}
+
+  def wait_for_graph(self) -> None:
+    """Blocks until a background build (if any) is installed."""
+    if self._pending is not None:
+      concurrent.futures.wait([self._pending])
+      self._swap_if_ready()
+
+  def graph_record(self) -> dict[str, float]:
+    """What the last background rebuild did (seconds, the step it arrived
+    at), once, for the epoch's record; empty if none arrived."""
+    record, self._swap_record = self._swap_record, {}
+    return record
 
   def batch_extras(self, index: np.ndarray) -> dict[str, np.ndarray]:
     """Per-batch arrays for the loss: graph rows of the batch's examples.
@@ -315,6 +397,7 @@ class CentreBank:
     """
     if self.k is None:
       return {}
+    self._swap_if_ready()
     if self.graph is None:
       raise RuntimeError("CentreBank.batch_extras before refresh(): no graph")
     index = np.asarray(index)
@@ -323,11 +406,13 @@ class CentreBank:
             "has_positive": self._has_positive[index]}
 
   def statistics(self, params: dict[str, Any]) -> dict[str, float]:
-    """Spread of the log-weights :math:`\\theta` in ``params["bank"]``."""
+    """Spread of the log-weights :math:`\\theta` in ``params["bank"]``, and
+    what a background graph rebuild did since the last call."""
+    record = self.graph_record()
     theta = self.log_weights(params)
     if theta is None:
-      return {}
-    return {"log_weight_std": float(theta.std()),
+      return record
+    return {**record, "log_weight_std": float(theta.std()),
             "log_weight_min": float(theta.min()),
             "log_weight_max": float(theta.max())}
 

@@ -70,7 +70,7 @@ DIVERGENCE_FACTOR = 100.0
 # its last good checkpoint with a lower one.
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
                     "nmi", "eval_search", "nmi_method",
-                    "optimizer.learning_rate")
+                    "optimizer.learning_rate", "nngk.background_graph")
 
 
 def build_bank(config, dataset: datalib.Dataset,

@@ -147,3 +147,111 @@ def test_auto_graph_equals_the_exact_graph():
   auto = neighbours.build_neighbour_graph(points, k=5, backend="auto")
   exact = neighbours.build_neighbour_graph(points, k=5, backend="exact")
   np.testing.assert_array_equal(auto.indices, exact.indices)
+
+
+# ----------------------------------------------------------------------------
+# Background graph rebuild, swapped at a step boundary.
+
+
+def _slow_builder(monkeypatch, gate, built):
+  """build_neighbour_graph that fills its rows one at a time, waiting on
+  ``gate`` halfway: a graph object exists only once every row is written."""
+  from nngk_jax import neighbours as neighbourlib
+  real = neighbourlib.build_neighbour_graph
+
+  def build(centres, **kwargs):
+    full = real(centres, **kwargs)
+    indices = np.full_like(full.indices, -1)
+    for row in range(len(indices)):
+      if row == len(indices) // 2:
+        gate.wait(timeout=30)
+      indices[row] = full.indices[row]
+    built.append(indices)
+    return neighbourlib.NeighbourGraph(indices, full.mask,
+                                       full.num_same_class)
+
+  monkeypatch.setattr(neighbourlib, "build_neighbour_graph", build)
+
+
+def test_background_rebuild_swaps_whole_graphs_at_a_step_boundary(
+    monkeypatch):
+  import threading
+  bank, _ = _bank(background_graph=True)
+  state, record = bank.refresh(bank.init_state(), 0, lambda: _points(seed=0))
+  old = bank.graph.indices.copy()
+  gate, built = threading.Event(), []
+  _slow_builder(monkeypatch, gate, built)
+  state, record = bank.refresh(state, 1, lambda: _points(seed=1))
+  assert record["graph_seconds"] == 0.0  # nothing exposed
+  np.testing.assert_array_equal(np.asarray(state.centres), _points(seed=1))
+  every_row = np.arange(30)
+  # While the build is half done, every batch gets the old graph's rows.
+  for _ in range(5):
+    rows = bank.batch_extras(every_row)["neighbour_idx"]
+    np.testing.assert_array_equal(rows, old)
+  gate.set()
+  bank._pending.result(timeout=30)  # built, not yet installed
+  rows = bank.batch_extras(every_row)["neighbour_idx"]  # the boundary
+  new = built[0]
+  assert not np.array_equal(new, old) and np.all(new >= 0)
+  np.testing.assert_array_equal(rows, new)
+  stats = bank.statistics({"bank": bank.init_params()})
+  assert stats["graph_swap_step"] == 5
+  assert stats["graph_seconds_background"] > 0
+  assert "graph_swap_step" not in bank.statistics(
+      {"bank": bank.init_params()})  # reported once
+
+
+def test_background_graph_equals_the_graph_built_in_line():
+  background, _ = _bank(background_graph=True)
+  inline, _ = _bank(background_graph=False)
+  for bank in (background, inline):
+    state, _ = bank.refresh(bank.init_state(), 0, lambda: _points(seed=0))
+    bank.refresh(state, 1, lambda: _points(seed=3))
+  background.wait_for_graph()
+  np.testing.assert_array_equal(background.graph.indices, inline.graph.indices)
+  np.testing.assert_array_equal(
+      background.batch_extras(np.arange(30))["has_positive"],
+      inline.batch_extras(np.arange(30))["has_positive"])
+
+
+def test_a_failed_background_build_is_raised_at_the_next_batch(monkeypatch):
+  from nngk_jax import neighbours as neighbourlib
+  bank, _ = _bank(background_graph=True)
+  state, _ = bank.refresh(bank.init_state(), 0, lambda: _points(seed=0))
+
+  def broken(*args, **kwargs):
+    raise MemoryError("graph too large")
+
+  monkeypatch.setattr(neighbourlib, "build_neighbour_graph", broken)
+  bank.refresh(state, 1, lambda: _points(seed=1))
+  bank._pending.exception(timeout=30)
+  with pytest.raises(MemoryError, match="graph too large"):
+    bank.batch_extras(np.array([0]))
+
+
+def test_background_graph_auto_follows_the_backend():
+  assert not _bank(background_graph="auto")[0].background_graph  # exact
+  labels = np.arange(30) % 5
+  approx = banklib.CentreBank(labels, 4, k=6, graph_backend="pynndescent",
+                              background_graph="auto", warm_up=False)
+  assert approx.background_graph
+  with pytest.raises(ValueError, match="background_graph must be"):
+    _bank(background_graph="yes")
+
+
+def test_a_build_slower_than_an_epoch_is_installed_before_the_next(
+    monkeypatch):
+  import threading
+  bank, _ = _bank(background_graph=True)
+  state, _ = bank.refresh(bank.init_state(), 0, lambda: _points(seed=0))
+  gate, built = threading.Event(), []
+  _slow_builder(monkeypatch, gate, built)
+  state, _ = bank.refresh(state, 1, lambda: _points(seed=1))
+  threading.Timer(0.2, gate.set).start()  # finishes while refresh 2 waits
+  state, _ = bank.refresh(state, 2, lambda: _points(seed=2))
+  # The epoch-1 graph arrived before the epoch-2 build was started.
+  assert bank._pending is not None
+  np.testing.assert_array_equal(bank.graph.indices, built[0])
+  bank.wait_for_graph()
+  np.testing.assert_array_equal(bank.graph.indices, built[1])

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.nngk.sigma = 0.25        # kernel width (embeddings are not normalised)
   config.nngk.refresh_every = 1   # epochs between centre refresh + rebuild
   config.nngk.graph_backend = "auto"  # exact up to 30k centres, then "pynndescent"
+  # Rebuild the graph after a refresh in a worker thread, training on with
+  # the previous one until it is swapped in at a step boundary: "auto" does
+  # so with PyNNDescent (seconds per build), not with the exact search.
+  config.nngk.background_graph = "auto"
   config.nngk.num_same_class = 0  # nearest same-class centres appended
   config.nngk.learn_weights = True
   config.nngk.weights_learning_rate = 1e-3
