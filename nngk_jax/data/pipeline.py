@@ -353,8 +353,8 @@ class ImageSplit:
             "index": indices.astype(np.int32)}
 
   def load_batches(self, index_batches: Sequence[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches of examples at ``index_batches``, in order, via grain.
 
     Args:
@@ -363,6 +363,8 @@ class ImageSplit:
       seed: the run's data seed; with ``epoch`` and the position in the
         epoch it fixes every random choice.
       epoch: the epoch number.
+      first_batch: batches skipped without being read; the others get the
+        random choices they would get in a full pass (a resumed epoch).
 
     Returns:
       An iterator of ``{"image": [batch, crop, crop, 3] float32, "label":
@@ -382,7 +384,8 @@ class ImageSplit:
       dataset = positions.random_map(reader, seed=_epoch_seed(seed, epoch))
     else:
       dataset = positions.map(reader)
-    dataset = dataset.batch(batch_size).to_iter_dataset(grain.ReadOptions(
+    # Sliced after random_map: each record keeps its position's randomness.
+    dataset = dataset[first_batch * batch_size:].batch(batch_size).to_iter_dataset(grain.ReadOptions(
         num_threads=self.options.num_threads,
         prefetch_buffer_size=self.options.prefetch))
     if self.options.num_workers:

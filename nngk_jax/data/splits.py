@@ -138,13 +138,15 @@ class SplitLike(Protocol):
     """The examples at ``indices``: ``{"image", "label", "index"}``."""
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches at ``index_batches``, in order (the samplers' path).
 
     ``augment`` asks for the training transform (random crop, flip) where
     the split has one; its random choices are a function of ``(seed,
-    epoch, position in the epoch)``.
+    epoch, position in the epoch)``. ``first_batch`` skips that many
+    batches without reading them; the rest are as they would have been (a
+    run resumed mid-epoch).
     """
 
 
@@ -269,16 +271,17 @@ class Split:
             "index": indices}
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
-    """:meth:`get_batch` of each index batch, in order.
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """:meth:`get_batch` of each index batch from ``first_batch`` on.
 
     The images are already decoded and normalised, so there is no
     augmentation: ``augment``, ``seed`` and ``epoch`` are accepted (as
     :class:`SplitLike` asks) and ignored.
     """
     del augment, seed, epoch  # In memory: nothing to decode or augment.
-    return (self.get_batch(indices) for indices in index_batches)
+    return (self.get_batch(indices)
+            for indices in list(index_batches)[first_batch:])
 
 
 @dataclasses.dataclass(frozen=True)
