@@ -4,7 +4,8 @@ A thin layer over :func:`nngk_jax.train.train_and_evaluate`: pick a config
 file (``--config``, or the dataset's own in ``nngk_jax/configs``), apply
 ``a.b=value`` overrides, train, print the final metrics as JSON. Every
 error is one line on stderr, ``error: <kind>: <what> (<how to fix>)``, and
-a non-zero exit status (2: the dataset is not there; 1: anything else);
+a non-zero exit status (2: the dataset is not there; 1: anything else;
+unreadable image files: that line, then one line per file);
 ``--verbose`` shows the traceback instead. Ctrl-C or SIGTERM stops
 training at the next step boundary with a checkpoint, prints where and the
 command that resumes, and exits with 130 or 143
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
       raise
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except datalib.UnreadableImagesError as error:
+    if args.verbose:
+      raise
+    # One line, then one line per file: every file is named.
+    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    return 1
   except Exception as error:  # pylint: disable=broad-except
     if args.verbose:
       raise

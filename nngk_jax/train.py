@@ -398,6 +398,14 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
                   stop: interrupts.StopOnSignal) -> dict:
   (workdir / "config.json").write_text(
       json.dumps(_config_dict(config), indent=2) + "\n")
+  if dataset.unreadable:
+    report = workdirlib.write_atomically(
+        workdir / "unreadable_files.txt",
+        "".join(f"{path}\t{reason}\n"
+                for path, reason in dataset.unreadable).encode())
+    print(f"warning: {len(dataset.unreadable)} unreadable image file(s) left "
+          f"out (data.skip_unreadable=True); listed in {report}",
+          file=sys.stderr)
   num_steps = datalib.num_batches(dataset.train, config.batch_size)
   start_epoch, start_step, resumed_extra = 0, 0, {}
   if store.has_checkpoint():

@@ -52,6 +52,7 @@ from nngk_jax.data.splits import DatasetNotAvailableError
 from nngk_jax.data.splits import PROTOCOLS
 from nngk_jax.data.splits import Split
 from nngk_jax.data.splits import SplitLike
+from nngk_jax.data.splits import UnreadableImagesError
 from nngk_jax.data.splits import check_labels
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "SAMPLERS",
     "Split",
     "SplitLike",
+    "UnreadableImagesError",
     "check_labels",
     "iterate_batches",
     "iterate_class_balanced_batches",

@@ -34,6 +34,7 @@ __all__ = [
     "PROTOCOLS",
     "Split",
     "SplitLike",
+    "UnreadableImagesError",
     "build_dataset",
     "check_fraction",
     "check_labels",
@@ -45,6 +46,25 @@ PROTOCOLS = ("metric", "classification")
 
 class DataError(ValueError):
   """A data file could not be read (corrupt, truncated, not an image)."""
+
+
+class UnreadableImagesError(DataError):
+  """Image files that cannot be read, found before any work, all at once.
+
+  The message lists every file and why, one per line after the first.
+
+  Attributes:
+    files: ``[(path, reason), ...]``.
+  """
+
+  def __init__(self, files, where: str):
+    self.files = list(files)
+    listing = "".join(f"\n  {path}: {reason}" for path, reason in self.files)
+    super().__init__(
+        f"{len(self.files)} image file(s) in {where} cannot be read (fix or "
+        f"remove them, or set data.skip_unreadable=True to train without "
+        f"them and list them in unreadable_files.txt in the work "
+        f"directory):{listing}")
 
 
 class DatasetNotAvailableError(RuntimeError):
@@ -296,6 +316,9 @@ class Dataset:
       ones and each split numbers its own classes ``0..C-1`` (``class_names``
       keep the original names); evaluate by retrieval. ``"classification"``:
       both splits share the same classes and label ids; evaluate by accuracy.
+    unreadable: ``(path, reason)`` of the files left out because they cannot
+      be read (``data.skip_unreadable=True``); the trainer writes them to
+      ``unreadable_files.txt`` in the work directory.
 
   Examples:
     >>> import numpy as np
@@ -310,6 +333,7 @@ class Dataset:
   train: SplitLike
   test: SplitLike
   protocol: str
+  unreadable: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self) -> None:
     if self.protocol not in PROTOCOLS:
