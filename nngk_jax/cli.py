@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:]
   args = parser.parse_intermixed_args(argv)
   try:
+    if args.dataset is not None:  # a registered name, never a file path
+      datalib.check_dataset_name(args.dataset)
     config_path = args.config or configs.config_for_dataset(
         args.dataset or "glyphs")
     config = configs.load_config(config_path, args.recipe or None)

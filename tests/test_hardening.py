@@ -458,3 +458,26 @@ def test_an_image_split_resumed_mid_epoch_gets_the_same_augmentations():
         np.testing.assert_array_equal(got[key], want[key])
   with pytest.raises(ValueError, match="first_batch must be"):
     list(datalib.iterate_batches(split, 4, seed=3, epoch=2, first_batch=4))
+
+
+@pytest.mark.parametrize("name", ["{rel}:y", "{rel}", "folder", "digits:x",
+                                  "nope"])
+def test_dataset_names_are_registered_names_never_files(tmp_path, capsys,
+                                                         name):
+  """``--dataset ../../x:y`` once imported x.py as a config file."""
+  import os
+  from nngk_jax import cli
+  from nngk_jax import configs
+  (tmp_path / "evil.py").write_text(
+      "import pathlib\n"
+      f"pathlib.Path({str(tmp_path / 'imported')!r}).touch()\n"
+      "def get_config():\n  raise SystemExit('imported')\n")
+  rel = os.path.relpath(tmp_path / "evil", configs.CONFIG_DIR)
+  code = cli.main(["--dataset", name.format(rel=rel),
+                   "--workdir", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert err.startswith("error: ValueError:") and err.count("\n") == 1
+  assert "'folder:PATH'" in err
+  assert name == "folder" or "known: 'digits'" in err
+  assert not (tmp_path / "imported").exists()

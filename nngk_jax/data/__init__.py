@@ -41,6 +41,7 @@ from nngk_jax.data.folder import load_image_folder
 from nngk_jax.data.folder import read_image
 from nngk_jax.data.digits import load_digits
 from nngk_jax.data.registry import DATASETS
+from nngk_jax.data.registry import check_dataset_name
 from nngk_jax.data.registry import load_dataset
 from nngk_jax.data.samplers import SAMPLERS
 from nngk_jax.data.samplers import iterate_batches
@@ -66,6 +67,7 @@ __all__ = [
     "Split",
     "SplitLike",
     "UnreadableImagesError",
+    "check_dataset_name",
     "check_labels",
     "iterate_batches",
     "iterate_class_balanced_batches",
