@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any, Iterable
 
@@ -199,9 +200,38 @@ class CheckpointStore:
              "meta": ocp.args.JsonSave(meta)}
     if graph is not None:
       items["graph"] = ocp.args.StandardSave(graph)
-    self._manager.save(epoch if number is None else number,
-                       args=ocp.args.Composite(**items))
+    number = epoch if number is None else number
+    self._set_aside_from(number)
+    saved = self._manager.save(number, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
+    if not saved:
+      raise RuntimeError(f"Orbax did not save checkpoint {number} in "
+                         f"{self.directory}")
+
+  def _set_aside_from(self, number: int) -> None:
+    """Moves checkpoints numbered ``number`` or later out of the way.
+
+    There are such checkpoints only when :meth:`restore_latest` fell back
+    past them because they cannot be read; Orbax would silently skip a save
+    under their numbers. They are moved, not deleted, to a sibling
+    directory ``<directory>_unreadable``, now that a good checkpoint
+    replaces them.
+    """
+    later = [n for n in self._manager.all_steps() if n >= number]
+    if not later:
+      return
+    aside = self.directory.with_name(self.directory.name + "_unreadable")
+    aside.mkdir(exist_ok=True)
+    for n in later:
+      target = aside / str(n)
+      suffix = 1
+      while target.exists():
+        target, suffix = aside / f"{n}.{suffix}", suffix + 1
+      shutil.move(str(self.directory / str(n)), str(target))
+      print(f"warning: the unreadable checkpoint {self.directory / str(n)} "
+            f"is replaced by a new one and moved to {target}",
+            file=sys.stderr)
+    self._manager.reload()
 
   def _numbers_newest_first(self) -> list[int]:
     return sorted(self._manager.all_steps(), reverse=True)

@@ -40,6 +40,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(
   assert "Resuming" in err and "after epoch 1" in err
   assert got["recall@1"] == pytest.approx(want["recall@1"])
   assert first.exists()  # nothing deleted
+  # The retrained epoch 2 is saved (Orbax would skip a number it holds):
+  # the damaged checkpoint is moved aside, and the new one reads.
+  assert "is replaced by a new one and moved to" in err
+  assert (tmp_path / "checkpoints_unreadable" / second.name).is_dir()
+  assert second.exists()
+  _, _, state = train.init_run(tiny_config(num_epochs=2),
+                               train.datalib.load_dataset("digits"))
+  store = checkpointing.CheckpointStore(tmp_path / "checkpoints", {})
+  assert store.restore(state)[1] == 2
+  store.close()
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, tiny_config):
