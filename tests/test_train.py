@@ -393,6 +393,8 @@ def test_second_run_in_a_busy_workdir_is_refused_naming_the_holder(
     ({"num_epochs": -1}, r"num_epochs must be a positive integer, got -1"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
     ({"optimizer.learning_rate": -1e-3}, r"learning_rate must be positive"),
+    ({"checkpoint_every_steps": -5},
+     r"checkpoint_every_steps must be a non-negative integer, got -5"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, overrides, match,
                                                   tiny_config):
