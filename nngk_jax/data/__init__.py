@@ -15,14 +15,16 @@ The modules import one way, each only from those above it::
     benchmarks  the TFDS benchmarks, their files and data dirs
     samplers    SAMPLERS, num_batches, iterate_batches,
                 iterate_class_balanced_batches           (splits)
-    pipeline    ImageSplit, ImageTransform, LoaderOptions (splits)
+    pipeline    ImageSplit, ImageTransform, LoaderOptions, decode_image,
+                check_image_file, scan_image_files       (splits)
     digits      load_digits                              (splits)
     glyphs      load_glyphs: rendered characters         (splits)
     folder      load_image_folder: folder:PATH; list_image_folder,
-                read_image                               (splits, pipeline)
+                readable_image_files, read_image         (splits, pipeline)
     tfds        CUB, Cars196, SOP through tensorflow-datasets
                                                  (splits, pipeline, benchmarks)
-    registry    DATASETS, load_dataset       (digits, folder, glyphs, tfds)
+    registry    DATASETS, check_dataset_name, load_dataset
+                                         (digits, folder, glyphs, tfds)
     prepare     ``python -m nngk_jax.data.prepare``: ``make data``
                                                  (benchmarks)
 
