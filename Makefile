@@ -10,7 +10,9 @@ ARGS ?=
 RECIPE ?=
 # $(call q,VALUE): VALUE single-quoted for the shell, a ' inside kept (as '\'').
 q = '$(subst ','\'',$(1))'
-# PyNNDescent's numba kernels are cached here across processes.
+# Numba's on-disk cache: PyNNDescent's import-time kernels and search are
+# read from here by later processes, but its graph build (nn_descent) is
+# compiled again in every process (~30 s; docs/reliability.md).
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
 .PHONY: venv train test test-fast bench compare notebook clean data search continual

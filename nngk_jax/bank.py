@@ -388,6 +388,23 @@ class CentreBank:
     record, self._swap_record = self._swap_record, {}
     return record
 
+  def graph_arrays(self) -> dict[str, np.ndarray] | None:
+    """The current graph as arrays (saved with a mid-epoch checkpoint), or
+    ``None`` without a graph."""
+    if self.graph is None:
+      return None
+    return {"indices": self.graph.indices, "mask": self.graph.mask,
+            "num_same_class": np.asarray(self.graph.num_same_class)}
+
+  def resume_graph(self, arrays: dict[str, np.ndarray]) -> None:
+    """Takes back the graph of :meth:`graph_arrays`: a run resumed
+    mid-epoch finishes the epoch with the graph it started it with."""
+    self._cancel_pending()
+    graph = neighbourlib.NeighbourGraph(
+        np.asarray(arrays["indices"], np.int32),
+        np.asarray(arrays["mask"], bool), int(arrays["num_same_class"]))
+    self._install(graph, has_positive(graph, self.labels))
+
   def batch_extras(self, index: np.ndarray) -> dict[str, np.ndarray]:
     """Per-batch arrays for the loss: graph rows of the batch's examples.
 

@@ -4,19 +4,26 @@ A thin layer over :func:`nngk_jax.train.train_and_evaluate`: pick a config
 file (``--config``, or the dataset's own in ``nngk_jax/configs``), apply
 ``a.b=value`` overrides, train, print the final metrics as JSON. Every
 error is one line on stderr, ``error: <kind>: <what> (<how to fix>)``, and
-a non-zero exit status (2: the dataset is not there; 1: anything else);
-``--verbose`` shows the traceback instead.
+a non-zero exit status (2: the dataset is not there; 1: anything else;
+unreadable image files: that line, then one line per file);
+``--verbose`` shows the traceback instead. Ctrl-C or SIGTERM stops
+training at the next step boundary with a checkpoint, prints where and the
+command that resumes, and exits with 130 or 143
+(:mod:`nngk_jax.interrupts`); a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
 
 from nngk_jax import checks
 from nngk_jax import configs
 from nngk_jax import data as datalib
+from nngk_jax import interrupts
 from nngk_jax import train
 from nngk_jax import workdir as workdirlib
 
@@ -60,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--verbose", action="store_true",
                       help="show the traceback of an error")
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
+  if argv is None:
+    argv = sys.argv[1:]
   args = parser.parse_intermixed_args(argv)
   try:
+    if args.dataset is not None:  # a registered name, never a file path
+      datalib.check_dataset_name(args.dataset)
     config_path = args.config or configs.config_for_dataset(
         args.dataset or "glyphs")
     config = configs.load_config(config_path, args.recipe or None)
@@ -69,11 +80,29 @@ def main(argv: list[str] | None = None) -> int:
       config.dataset = args.dataset
     configs.apply_overrides(config, args.overrides)
     metrics = train.train_and_evaluate(config, args.workdir)
+  except interrupts.TrainingInterrupted as error:
+    if args.verbose:
+      raise
+    command = shlex.join(["python", "-m", "nngk_jax.train", *argv])
+    print(f"stopped: {error}\nresume with: {command}", file=sys.stderr)
+    return error.exit_code
+  except KeyboardInterrupt as error:  # a second signal: no new checkpoint
+    if args.verbose:
+      raise
+    print("stopped at once; the newest checkpoint in the work directory is "
+          "kept. Rerun the same command to resume.", file=sys.stderr)
+    return getattr(error, "exit_code", interrupts.exit_code(signal.SIGINT))
   except datalib.DatasetNotAvailableError as error:
     if args.verbose:
       raise
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except datalib.UnreadableImagesError as error:
+    if args.verbose:
+      raise
+    # One line, then one line per file: every file is named.
+    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    return 1
   except Exception as error:  # pylint: disable=broad-except
     if args.verbose:
       raise

@@ -43,14 +43,17 @@ from nngk_jax import checkpoint as checkpointing
 from nngk_jax import checks
 from nngk_jax import data as datalib
 from nngk_jax import evaluation
+from nngk_jax import interrupts
 from nngk_jax import objectives
 from nngk_jax import plotting
 from nngk_jax import state as statelib
 from nngk_jax import workdir as workdirlib
 from nngk_jax.checks import TrainingDivergedError
+from nngk_jax.interrupts import TrainingInterrupted
 
 __all__ = [
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "batches",
     "build_bank",
     "init_run",
@@ -70,7 +73,8 @@ DIVERGENCE_FACTOR = 100.0
 # its last good checkpoint with a lower one.
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
                     "nmi", "eval_search", "nmi_method",
-                    "optimizer.learning_rate", "nngk.background_graph")
+                    "optimizer.learning_rate", "nngk.background_graph",
+                    "checkpoint_every_steps")
 
 
 def build_bank(config, dataset: datalib.Dataset,
@@ -174,6 +178,8 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   for field in ("batch_size", "num_epochs", "eval_every", "eval_batch_size",
                 "samples_per_class", "classifier_k"):
     checks.positive_int(field, config.get(field, 1))
+  checks.non_negative_int("checkpoint_every_steps",
+                          config.get("checkpoint_every_steps", 0))
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"optimizer.learning_rate must be positive, got "
                      f"{config.optimizer.learning_rate}")
@@ -198,18 +204,23 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
 
 
 def batches(split, config, epoch: int,
-            bank: banklib.CentreBank | None = None) -> Iterator[dict]:
-  """The sampler's batches, plus the bank's and ``prepare_batch``'s arrays."""
+            bank: banklib.CentreBank | None = None, *,
+            first_batch: int = 0) -> Iterator[dict]:
+  """The sampler's batches, plus the bank's and ``prepare_batch``'s arrays.
+
+  ``first_batch`` skips the epoch's first batches without reading them; the
+  rest are those of a full pass (a run resumed mid-epoch).
+  """
   objective = objectives.get_objective(config.objective)
   if sampler_name(config) == "class_balanced":
     stream = datalib.iterate_class_balanced_batches(
         split, config.batch_size // config.samples_per_class,
         config.samples_per_class, seed=config.seed, epoch=epoch,
-        augment=True)
+        augment=True, first_batch=first_batch)
   else:
     stream = datalib.iterate_batches(split, config.batch_size,
                                      seed=config.seed, epoch=epoch,
-                                     augment=True)
+                                     augment=True, first_batch=first_batch)
   for batch in stream:
     if bank is not None:
       batch.update(bank.batch_extras(batch["index"]))
@@ -220,9 +231,27 @@ def batches(split, config, epoch: int,
 
 def train_epoch(state, train_step, split, config, epoch,
                 bank: banklib.CentreBank | None = None, *,
-                workdir, param_norm_limit: float = math.inf
-                ) -> tuple[statelib.TrainState, dict]:
+                workdir, param_norm_limit: float = math.inf,
+                first_step: int = 0, carried: dict | None = None,
+                stop: interrupts.StopOnSignal | None = None,
+                save_partial=None) -> tuple[statelib.TrainState, dict]:
   """One pass over the training split; returns the state and epoch stats.
+
+  Args:
+    first_step: steps of this epoch already done (a run resumed mid-epoch):
+      the pass starts at that batch.
+    carried: ``partial`` sums of those steps (from the checkpoint), so the
+      epoch's mean loss counts them.
+    stop: read between steps; once it holds a signal the pass ends at that
+      step boundary, after ``save_partial``.
+    save_partial: ``save_partial(state, steps_done, partial)`` saves a
+      mid-epoch checkpoint; called on a signal and every
+      ``config.checkpoint_every_steps`` steps (never after the last step:
+      the epoch's own checkpoint follows).
+
+  Returns:
+    ``(state, stats)``; a pass ended by a signal returns only
+    ``{"stopped_after_step": steps_done}``.
 
   Raises:
     TrainingDivergedError: the loss or the parameter norm is not finite, or
@@ -230,9 +259,11 @@ def train_epoch(state, train_step, split, config, epoch,
       loss stays finite); the message names the epoch and the step.
   """
   num_steps = datalib.num_batches(split, config.batch_size)
-  bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-             unit="step", disable=not config.progress, leave=False,
-             dynamic_ncols=True)
+  every = config.get("checkpoint_every_steps", 0) or 0
+  bar = tqdm(total=num_steps, initial=first_step,
+             desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
+             disable=not config.progress, leave=False, dynamic_ncols=True)
+  carried = carried or {}
   losses_seen, norms_seen, pending = [], [], None
   start = time.perf_counter()
   warm_start, warm_images = None, 0
@@ -254,13 +285,19 @@ def train_epoch(state, train_step, split, config, epoch,
     losses_seen.append(loss)
     norms_seen.append(float(step_metrics["embedding_norm"]))
 
-  for step_in_epoch, batch in enumerate(batches(split, config, epoch, bank)):
+  def sums():
+    return {"loss_sum": carried.get("loss_sum", 0.0) + float(np.sum(losses_seen)),
+            "norm_sum": carried.get("norm_sum", 0.0) + float(np.sum(norms_seen)),
+            "count": carried.get("count", 0) + len(losses_seen)}
+
+  stream = batches(split, config, epoch, bank, first_batch=first_step)
+  for step_in_epoch, batch in enumerate(stream, start=first_step):
     state, step_metrics = train_step(state, batch)
     # Check the previous step while this one runs (no pipeline stall).
     if pending is not None:
       check(*pending)
     pending = (step_metrics, step_in_epoch)
-    if step_in_epoch == 0:
+    if warm_start is None:
       jax.block_until_ready(step_metrics)
       warm_start = time.perf_counter()
     else:
@@ -269,15 +306,27 @@ def train_epoch(state, train_step, split, config, epoch,
       rate = warm_images / max(time.perf_counter() - warm_start, 1e-9)
       bar.set_postfix(loss=f"{losses_seen[-1]:.4f}", img_s=f"{rate:.0f}")
     bar.update()
+    done = step_in_epoch + 1
+    # A flag and a counter: no device synchronisation unless saving.
+    stopping = stop is not None and stop.signum is not None
+    if save_partial is not None and done < num_steps and (
+        stopping or (every and done % every == 0)):
+      check(*pending)  # never save a diverged state
+      pending = None
+      save_partial(state, done, sums())
+      if stopping:
+        bar.close()
+        return state, {"stopped_after_step": done}
   if pending is not None:
     check(*pending)
   bar.close()
   end = time.perf_counter()
+  total = sums()
   stats = {
-      "train_loss": float(np.mean(losses_seen)),
+      "train_loss": total["loss_sum"] / total["count"],
       "grad_norm": float(pending[0]["grad_norm"]),
       "param_norm": float(pending[0]["param_norm"]),
-      "embedding_norm": float(np.mean(norms_seen)),
+      "embedding_norm": total["norm_sum"] / total["count"],
       "epoch_seconds": end - start,
       "images_per_second": (warm_images / (end - warm_start)
                             if warm_images else float("nan")),
@@ -329,13 +378,49 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
   store = checkpointing.CheckpointStore(
       workdir / "checkpoints", _config_dict(config),
       resumable_fields=RESUMABLE_FIELDS)
-  store.check_config()
+  try:
+    store.check_config()
+    with interrupts.StopOnSignal() as stop:
+      return _train_stored(config, workdir, dataset, bank, state, store, stop)
+  finally:
+    store.close()
+
+
+def _interrupted(stop: interrupts.StopOnSignal, workdir: pathlib.Path,
+                 where: str) -> TrainingInterrupted:
+  return TrainingInterrupted(
+      f"{stop.name} received: training stopped {where}; the checkpoint is "
+      f"saved in {workdir / 'checkpoints'}. Rerun the same command (same "
+      f"--workdir) to resume from there.", stop.signum)
+
+
+def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
+                  store: checkpointing.CheckpointStore,
+                  stop: interrupts.StopOnSignal) -> dict:
   (workdir / "config.json").write_text(
       json.dumps(_config_dict(config), indent=2) + "\n")
-  start_epoch = 0
-  if store.latest_epoch() is not None:
-    state, start_epoch = store.restore(state)
-    print(f"Resuming {workdir} after epoch {start_epoch}.", file=sys.stderr)
+  if dataset.unreadable:
+    report = workdirlib.write_atomically(
+        workdir / "unreadable_files.txt",
+        "".join(f"{path}\t{reason}\n"
+                for path, reason in dataset.unreadable).encode())
+    print(f"warning: {len(dataset.unreadable)} unreadable image file(s) left "
+          f"out (data.skip_unreadable=True); listed in {report}",
+          file=sys.stderr)
+  num_steps = datalib.num_batches(dataset.train, config.batch_size)
+  start_epoch, start_step, resumed_extra = 0, 0, {}
+  if store.has_checkpoint():
+    restored = store.restore_latest(state)
+    state, start_epoch = restored.state, restored.epoch
+    start_step = restored.step_in_epoch
+    if start_step:
+      resumed_extra = restored.meta.get("extra", {})
+      if bank is not None and restored.graph is not None:
+        bank.resume_graph(restored.graph)  # the graph the epoch began with
+      print(f"Resuming {workdir} in epoch {start_epoch + 1}, after step "
+            f"{start_step} of {num_steps}.", file=sys.stderr)
+    else:
+      print(f"Resuming {workdir} after epoch {start_epoch}.", file=sys.stderr)
   else:
     state = statelib.load_pretrained(state, config)
   history_path = workdir / "history.jsonl"
@@ -355,22 +440,45 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
       float(optax.global_norm(state.params)), 1.0)
   final = None
   for epoch in range(start_epoch, config.num_epochs):
+    if stop.signum is not None:  # arrived during the last evaluation
+      raise _interrupted(stop, workdir, f"after epoch {epoch}")
+    first_step = start_step if epoch == start_epoch else 0
     record: dict[str, Any] = {"epoch": epoch + 1}
-    if bank is not None:
+    if first_step:  # the bank was refreshed when this epoch began
+      record.update(resumed_extra.get("record", {}))
+    elif bank is not None:
       bank_state, bank_record = bank.refresh(
           state.bank, epoch, lambda: evaluation.embed_split(
               state, dataset.train, config.eval_batch_size)[0])
       state = state.replace(bank=bank_state)
       record.update(bank_record)
-    state, stats = train_epoch(state, train_step, dataset.train, config,
-                               epoch, bank, workdir=workdir,
-                               param_norm_limit=param_norm_limit)
+
+    def save_partial(state, done, partial, epoch=epoch, record=record):
+      store.save(epoch, state, number=epoch * num_steps + done,
+                 step_in_epoch=done,
+                 graph=None if bank is None else bank.graph_arrays(),
+                 extra={"partial": partial, "record": record})
+
+    state, stats = train_epoch(
+        state, train_step, dataset.train, config, epoch, bank,
+        workdir=workdir, param_norm_limit=param_norm_limit,
+        first_step=first_step,
+        carried=resumed_extra.get("partial") if first_step else None,
+        stop=stop, save_partial=save_partial)
+    if "stopped_after_step" in stats:
+      raise _interrupted(stop, workdir, (
+          f"in epoch {epoch + 1} after step {stats['stopped_after_step']} "
+          f"of {num_steps}"))
     record.update(stats)
     if bank is not None:
       record.update(bank.statistics(state.params))
-    store.save(epoch + 1, state)  # before evaluating: the epoch is safe
+    # Before evaluating: the epoch is safe.
+    store.save(epoch + 1, state, number=(epoch + 1) * num_steps)
     history.append(record)
     _write_history(history_path, history)
+    if stop.signum is not None:
+      raise _interrupted(stop, workdir, f"after epoch {epoch + 1}, before "
+                         f"its evaluation")
     last = epoch + 1 == config.num_epochs
     if last or (epoch + 1) % config.eval_every == 0:
       final = evaluation.evaluate(state, dataset, config, bank)
@@ -390,7 +498,6 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
           f"pixels Recall@1 {baseline['recall@1']:.3f}, MAP@R "
           f"{baseline['map@r']:.3f}", file=sys.stderr)
   (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-  store.close()
   return final
 
 

@@ -217,8 +217,11 @@ def test_folder_through_pipeline(tmp_path):
   assert ds.train.image_shape == (8, 8, 3)
   example = ds.test[1]
   np.testing.assert_allclose(example["image"], _unit(np.uint8(81)), atol=0.02)
+  # A file damaged after loading is named when its batch is read ...
   (tmp_path / "emu" / "2.jpg").write_bytes(b"truncated")
-  ds = data.load_image_folder(tmp_path, class_disjoint=True,
-                              pipeline={"resize": 9, "crop": 8})
   with pytest.raises(data.DataError, match="2.jpg"):
     list(data.iterate_batches(ds.test, 3, seed=0, epoch=0))
+  # ... and found by the header check when the folder is loaded.
+  with pytest.raises(data.UnreadableImagesError, match="2.jpg"):
+    data.load_image_folder(tmp_path, class_disjoint=True,
+                           pipeline={"resize": 9, "crop": 8})

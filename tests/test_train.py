@@ -113,36 +113,42 @@ def test_classification_protocol_reports_both_accuracies(tmp_path, tiny_config):
   assert 0.3 < metrics["kernel_accuracy"] <= 1.0
 
 
-# Runs the command line in a process that SIGKILLs itself when the train
-# state reaches global step argv[1]: the fault is injected here, by wrapping
-# the library's train step, not by a hook inside the library.
+# Runs the command line in a process that sends itself signal argv[2]
+# (SIGKILL, SIGTERM, ...) when the train state reaches global step argv[1]:
+# the fault is injected here, by wrapping the library's train step, not by a
+# hook inside the library.
 _KILLING_CLI = """
 import os, signal, sys
 from nngk_jax import cli, train
-kill_at = int(sys.argv[1])
+kill_at, signum = int(sys.argv[1]), getattr(signal, sys.argv[2])
 make_step = train.make_train_step
 def make_killing_step(*args, **kwargs):
   step = make_step(*args, **kwargs)
   def killing_step(state, batch):
     if int(state.step) == kill_at:
-      os.kill(os.getpid(), signal.SIGKILL)
+      os.kill(os.getpid(), signum)
     return step(state, batch)
   return killing_step
 train.make_train_step = make_killing_step
-sys.exit(cli.main(sys.argv[2:]))
+sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def _run_cli(workdir, *overrides, kill_at_step=None):
-  args = ["--workdir", str(workdir),
+def _cli_args(workdir, *overrides):
+  return ["--workdir", str(workdir),
           "--dataset", "digits", "model.backbone=mlp", "model.backbone_kwargs={'hidden': (32,)}",
           "model.embed_dim=8", "nngk.k=8", "batch_size=64", "progress=False",
           "nmi=False", "nngk.refresh_every=2", "nngk.graph_backend='exact'",
           *overrides]
+
+
+def _run_cli(workdir, *overrides, kill_at_step=None, signal_name="SIGKILL"):
+  args = _cli_args(workdir, *overrides)
   if kill_at_step is None:
     command = [sys.executable, "-m", "nngk_jax.train", *args]
   else:
-    command = [sys.executable, "-c", _KILLING_CLI, str(kill_at_step), *args]
+    command = [sys.executable, "-c", _KILLING_CLI, str(kill_at_step),
+               signal_name, *args]
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
 
@@ -166,6 +172,30 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
   assert "Resuming" in resumed.stderr
   want = json.loads((tmp_path / "full" / "metrics.json").read_text())
   got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+  assert got.pop("geometry") == want.pop("geometry") == "euclidean"
+  assert got.pop("raw_pixels") == want.pop("raw_pixels")
+  assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_sigterm_mid_epoch_exits_143_then_rerun_equals_uninterrupted_run(
+    tmp_path, capsys):
+  """SIGTERM in epoch 2 (14 steps per epoch): the step finishes, a
+  checkpoint is saved at that step, the message says where and how to
+  resume; the same command then ends where an uninterrupted run ends."""
+  common = ("num_epochs=2",)
+  stopped = _run_cli(tmp_path / "cut", *common, kill_at_step=14 + 9,
+                     signal_name="SIGTERM")
+  assert stopped.returncode == 143, stopped.stderr
+  assert ("SIGTERM received: training stopped in epoch 2 after step 10 of 14"
+          in stopped.stderr)
+  assert "resume with: python -m nngk_jax.train --workdir" in stopped.stderr
+  assert not (tmp_path / "cut" / "metrics.json").exists()
+  # In this process: the same command resumes, and the run to compare with.
+  assert cli.main(_cli_args(tmp_path / "cut", *common)) == 0
+  assert "in epoch 2, after step 10 of 14" in capsys.readouterr().err
+  assert cli.main(_cli_args(tmp_path / "full", *common)) == 0
+  want = json.loads((tmp_path / "full" / "metrics.json").read_text())
+  got = json.loads((tmp_path / "cut" / "metrics.json").read_text())
   assert got.pop("geometry") == want.pop("geometry") == "euclidean"
   assert got.pop("raw_pixels") == want.pop("raw_pixels")
   assert got == pytest.approx(want, rel=1e-6)
@@ -363,6 +393,8 @@ def test_second_run_in_a_busy_workdir_is_refused_naming_the_holder(
     ({"num_epochs": -1}, r"num_epochs must be a positive integer, got -1"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
     ({"optimizer.learning_rate": -1e-3}, r"learning_rate must be positive"),
+    ({"checkpoint_every_steps": -5},
+     r"checkpoint_every_steps must be a non-negative integer, got -5"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, overrides, match,
                                                   tiny_config):

@@ -61,6 +61,9 @@ def config_for_dataset(dataset: str) -> pathlib.Path:
     'digits.py'
   """
   key = dataset.partition(":")[0]
+  if not key.isidentifier():  # "../../x" must never name a file to import
+    raise ValueError(f"dataset name {dataset!r} does not start with a "
+                     f"dataset key (letters, digits, '_')")
   candidate = CONFIG_DIR / f"{key}.py"
   return candidate if candidate.exists() else CONFIG_DIR / "digits.py"
 

@@ -15,14 +15,16 @@ The modules import one way, each only from those above it::
     benchmarks  the TFDS benchmarks, their files and data dirs
     samplers    SAMPLERS, num_batches, iterate_batches,
                 iterate_class_balanced_batches           (splits)
-    pipeline    ImageSplit, ImageTransform, LoaderOptions (splits)
+    pipeline    ImageSplit, ImageTransform, LoaderOptions, decode_image,
+                check_image_file, scan_image_files       (splits)
     digits      load_digits                              (splits)
     glyphs      load_glyphs: rendered characters         (splits)
     folder      load_image_folder: folder:PATH; list_image_folder,
-                read_image                               (splits, pipeline)
+                readable_image_files, read_image         (splits, pipeline)
     tfds        CUB, Cars196, SOP, CIFAR through tensorflow-datasets
                                                  (splits, pipeline, benchmarks)
-    registry    DATASETS, load_dataset       (digits, folder, glyphs, tfds)
+    registry    DATASETS, check_dataset_name, load_dataset
+                                         (digits, folder, glyphs, tfds)
     tasks       TaskStream, TASK_STREAMS, load_task_stream: continual
                 learning                     (splits, pipeline, registry)
     prepare     ``python -m nngk_jax.data.prepare``: ``make data``
@@ -43,6 +45,7 @@ from nngk_jax.data.folder import load_image_folder
 from nngk_jax.data.folder import read_image
 from nngk_jax.data.digits import load_digits
 from nngk_jax.data.registry import DATASETS
+from nngk_jax.data.registry import check_dataset_name
 from nngk_jax.data.registry import load_dataset
 from nngk_jax.data.samplers import SAMPLERS
 from nngk_jax.data.samplers import iterate_batches
@@ -54,6 +57,7 @@ from nngk_jax.data.splits import DatasetNotAvailableError
 from nngk_jax.data.splits import PROTOCOLS
 from nngk_jax.data.splits import Split
 from nngk_jax.data.splits import SplitLike
+from nngk_jax.data.splits import UnreadableImagesError
 from nngk_jax.data.splits import check_labels
 from nngk_jax.data.tasks import TASK_STREAMS
 from nngk_jax.data.tasks import TaskStream
@@ -71,6 +75,8 @@ __all__ = [
     "SplitLike",
     "TASK_STREAMS",
     "TaskStream",
+    "UnreadableImagesError",
+    "check_dataset_name",
     "check_labels",
     "iterate_batches",
     "iterate_class_balanced_batches",

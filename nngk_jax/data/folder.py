@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Any
@@ -13,7 +14,7 @@ from nngk_jax.data import pipeline as pipelib
 from nngk_jax.data import splits
 
 __all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "load_image_folder",
-           "read_image"]
+           "read_image", "readable_image_files"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 
@@ -26,9 +27,13 @@ def read_image(path: str | os.PathLike[str], image_size: int | tuple[int, int],
                *, channels: int = 3) -> np.ndarray:
   """One image file as ``[height, width, channels]`` float32 in ``[-1, 1]``.
 
-  Read with Pillow, converted to RGB (``channels=3``) or grey
-  (``channels=1``), resized bilinearly and scaled from ``0..255``: how
-  :func:`load_image_folder` reads every image without ``pipeline``.
+  Decoded by :func:`nngk_jax.data.pipeline.decode_image` (as the pipeline
+  decodes: EXIF rotation applied, 16-bit PNGs scaled rather than clipped,
+  CMYK / palette / grey+alpha converted; a large JPEG decoded at a reduced
+  scale that keeps both sides at least the target's), converted to RGB
+  (``channels=3``) or grey (``channels=1``), resized bilinearly and scaled
+  from ``0..255``: how :func:`load_image_folder` reads every image without
+  ``pipeline``.
 
   Args:
     path: the image file.
@@ -59,13 +64,13 @@ def read_image(path: str | os.PathLike[str], image_size: int | tuple[int, int],
                      checks.positive_int("image width", image_size[1]))
   else:
     height = width = checks.positive_int("image_size", image_size)
+  image = pipelib.decode_image(path, draft_size=max(height, width),
+                               mode="RGB" if channels == 3 else "L")
   try:
-    with Image.open(path) as image:
-      image = image.convert("RGB" if channels == 3 else "L").resize(
-          (width, height), Image.Resampling.BILINEAR)
-      pixels = np.asarray(image, dtype=np.float32)
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
   except Exception as err:  # Pillow raises many kinds for a bad file.
     raise splits.DataError(f"cannot read image {path}: {err}") from err
+  pixels = np.asarray(image, dtype=np.float32)
   return (pixels / 127.5 - 1.0).reshape(height, width, channels)
 
 
@@ -119,12 +124,53 @@ def list_image_folder(path: str | os.PathLike[str]
   return files, np.asarray(labels, np.int64), [d.name for d in class_dirs]
 
 
+def readable_image_files(path: str | os.PathLike[str], *,
+                         skip_unreadable: bool = False,
+                         num_threads: int | None = None):
+  """:func:`list_image_folder`, every file's header checked first.
+
+  Every file goes through :func:`nngk_jax.data.pipeline.check_image_file`
+  (no decode: about a millisecond per file) before any work.
+
+  Args:
+    path: the folder.
+    skip_unreadable: drop the files that cannot be read instead of failing.
+    num_threads: threads of the scan (default: one per core, at most 16).
+
+  Returns:
+    ``(files, labels, class_names, unreadable)``; ``unreadable`` lists
+    ``(path, reason)`` of the dropped files (empty unless skipping).
+
+  Raises:
+    UnreadableImagesError: some files cannot be read and
+      ``skip_unreadable`` is False; the message lists every one.
+    ValueError: as :func:`list_image_folder`, or skipping leaves a class
+      with no readable image.
+  """
+  files, labels, class_names = list_image_folder(path)
+  unreadable = pipelib.scan_image_files(files, num_threads=num_threads)
+  if not unreadable:
+    return files, labels, class_names, []
+  if not skip_unreadable:
+    raise splits.UnreadableImagesError(unreadable, f"folder {str(path)!r}")
+  bad = {p for p, _ in unreadable}
+  keep = np.array([str(f) not in bad for f in files])
+  emptied = sorted(set(class_names[c] for c in np.unique(labels))
+                   - set(class_names[c] for c in np.unique(labels[keep])))
+  if emptied:
+    raise ValueError(
+        f"class folder(s) {emptied} of {str(path)!r} have no readable image "
+        f"left once the unreadable ones are skipped")
+  files = [f for f, k in zip(files, keep) if k]
+  return files, labels[keep], class_names, unreadable
+
+
 def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
                       class_disjoint: bool = False, test_fraction: float = 0.5,
                       seed: int = 0,
                       train_per_class: int | None = None,
-                      pipeline: dict[str, Any] | None = None
-                      ) -> splits.Dataset:
+                      pipeline: dict[str, Any] | None = None,
+                      skip_unreadable: bool = False) -> splits.Dataset:
   """A folder with one sub-folder of images per class (``folder:PATH``).
 
   Images (``.png .jpg .jpeg .bmp .gif``, any case) are read with Pillow.
@@ -136,8 +182,12 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
   ``[-1, 1]`` in memory. With ``pipeline`` the splits are
   :class:`~nngk_jax.data.pipeline.ImageSplit` s over the files, decoded on
   demand by the same input pipeline as the benchmarks (resize, crop, flip,
-  normalise; parallel, prefetching); a file that cannot be read raises when
-  its batch is loaded.
+  normalise; parallel, prefetching).
+
+  Either way every file's header is checked first
+  (:func:`readable_image_files`): the files that cannot be read are all
+  named in one error, or with ``skip_unreadable`` left out and listed in
+  the dataset's ``unreadable``.
 
   Args:
     path: the folder.
@@ -154,6 +204,8 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
     pipeline: options of :func:`nngk_jax.data.pipeline.pipeline_from_options`
       (``resize``, ``crop``, ``flip``, ``normalization``, ``num_threads``,
       ...); ``{}`` takes the defaults (resize 256, crop 224).
+    skip_unreadable: leave out the files that cannot be read (listed in
+      the dataset's ``unreadable``) instead of refusing the folder.
 
   Returns:
     A :class:`~nngk_jax.data.splits.Dataset` named ``"folder:PATH"`` with
@@ -164,7 +216,10 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
     FileNotFoundError: ``path`` does not exist.
     ValueError: no class folders, a class folder with no images, or fewer
       than two classes.
-    DataError: an image file cannot be read; the message names the file.
+    UnreadableImagesError: files that cannot be read (all named), without
+      ``skip_unreadable``.
+    DataError: an image that passed the header check fails to decode; the
+      message names the file.
 
   Examples:
     >>> import pathlib, tempfile
@@ -181,10 +236,22 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
   """
   name = f"folder:{path}"
   image_size = checks.positive_int("image_size", image_size)
-  files, labels, class_names = list_image_folder(path)
+  transform, options = pipelib.pipeline_from_options(pipeline)
+  files, labels, class_names, unreadable = readable_image_files(
+      path, skip_unreadable=skip_unreadable, num_threads=options.num_threads)
   protocol = "metric" if class_disjoint else "classification"
+  dataset = _build_folder_dataset(
+      name, files, labels, class_names, protocol=protocol,
+      test_fraction=test_fraction, seed=seed, train_per_class=train_per_class,
+      image_size=image_size,
+      pipeline=None if pipeline is None else (transform, options))
+  return dataclasses.replace(dataset, unreadable=tuple(unreadable))
+
+
+def _build_folder_dataset(name, files, labels, class_names, *, image_size,
+                          pipeline, **split_options) -> splits.Dataset:
   if pipeline is not None:
-    transform, options = pipelib.pipeline_from_options(pipeline)
+    transform, options = pipeline
     paths = np.empty(len(files), object)
     paths[:] = [str(f) for f in files]
 
@@ -192,11 +259,8 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int = 32,
       return pipelib.ImageSplit(list(records), split_labels, names, transform,
                                 options=options, **kwargs)
 
-    return splits.build_dataset(
-        name, paths, np.asarray(labels), class_names, protocol=protocol,
-        test_fraction=test_fraction, seed=seed,
-        train_per_class=train_per_class, make_split=make_split)
+    return splits.build_dataset(name, paths, np.asarray(labels), class_names,
+                                make_split=make_split, **split_options)
   images = np.stack([read_image(f, image_size) for f in files])
-  return splits.build_dataset(
-      name, images, np.asarray(labels), class_names, protocol=protocol,
-      test_fraction=test_fraction, seed=seed, train_per_class=train_per_class)
+  return splits.build_dataset(name, images, np.asarray(labels), class_names,
+                              **split_options)

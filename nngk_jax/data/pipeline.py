@@ -47,8 +47,10 @@ __all__ = [
     "ImageTransform",
     "LoaderOptions",
     "NORMALIZATIONS",
+    "check_image_file",
     "decode_image",
     "pipeline_from_options",
+    "scan_image_files",
 ]
 
 # Per-channel (R, G, B) statistics of ImageNet, for images in [0, 1]: what
@@ -64,18 +66,54 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def decode_image(record: Any, *, draft_size: int | None = None):
-  """A record as an RGB ``PIL.Image``.
+# Pillow modes of more than 8 bits per grey pixel: 16-bit PNGs open as
+# "I;16" (or "I"); convert("L" / "RGB") would clip them to 0..255.
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_EXIF_ORIENTATION = 0x0112
+
+
+def _to_8bit(image, mode: str):
+  """``image`` upright, 8 bits per channel, in ``mode`` ("RGB" or "L").
+
+  EXIF orientation is applied (a phone's portrait photo stands up), 16-bit
+  grey is scaled from 0..65535 to 0..255 (as 8-bit, not clipped to white),
+  palette images with transparency go through RGBA, and alpha is dropped
+  (as torchvision's loader does); CMYK, grey and grey+alpha go through
+  Pillow's conversion.
+  """
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+
+  if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+    image = ImageOps.exif_transpose(image)
+  if image.mode in _WIDE_MODES:
+    pixels = np.asarray(image).astype(np.float32)
+    image = Image.fromarray(
+        np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), "L")
+  elif image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  return image.convert(mode)
+
+
+def decode_image(record: Any, *, draft_size: int | None = None,
+                 mode: str = "RGB"):
+  """A record as an upright 8-bit ``PIL.Image`` in ``mode``.
+
+  Both image readers of the package decode here (the pipeline's
+  :class:`ImageTransform` and :func:`nngk_jax.data.folder.read_image`), so
+  they agree: EXIF rotation applied, 16-bit PNGs scaled (not clipped),
+  CMYK, palette and grey(+alpha) images converted, alpha dropped.
 
   Args:
     record: encoded image bytes (as TFDS stores them), a file path, or a
       ``uint8`` array ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``.
     draft_size: when given, a JPEG is decoded at the smallest power-of-two
       reduction that keeps both sides at least this large (Pillow's draft
-      mode), which is much faster for large photographs.
+      mode): faster, and a 8000x8000 photograph never exists in memory at
+      full size.
+    mode: ``"RGB"`` or ``"L"`` (grey).
 
   Returns:
-    An RGB ``PIL.Image.Image``.
+    A ``PIL.Image.Image`` in ``mode``.
 
   Raises:
     DataError: the record cannot be decoded (the message says why).
@@ -96,17 +134,75 @@ def decode_image(record: Any, *, draft_size: int | None = None):
       raise splits.DataError(
           f"an image array must be uint8 [H, W], [H, W, 1] or [H, W, 3], got "
           f"{array.dtype} {record.shape}")
-    return Image.fromarray(array).convert("RGB")
+    return Image.fromarray(array).convert(mode)
   encoded = isinstance(record, (bytes, bytearray, memoryview))
   try:
     image = Image.open(io.BytesIO(bytes(record)) if encoded
                        else pathlib.Path(record))
     if draft_size is not None and image.format == "JPEG":
-      image.draft("RGB", (draft_size, draft_size))
-    return image.convert("RGB")
+      image.draft(None, (draft_size, draft_size))  # scale only
+    return _to_8bit(image, mode)
   except Exception as err:  # Pillow raises many kinds for a bad file.
     what = "image bytes" if encoded else f"image {record}"
     raise splits.DataError(f"cannot read {what}: {err}") from err
+
+
+def check_image_file(path: str | os.PathLike[str]) -> str | None:
+  """Why an image file cannot be read, or ``None`` if its header is sound.
+
+  Fast, no decode: the file is opened by Pillow (format, size) and
+  ``verify()``-ed (a PNG's chunk checksums, up to its end); a JPEG must
+  hold an end-of-image marker after its scan data (a truncated download
+  has none). Catches empty files, text or HTML saved under an image name,
+  truncated files and decompression bombs. A file that passes can still
+  fail to decode if its compressed data is damaged inside; that file is
+  named when its batch is read.
+
+  Examples:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.jpg"
+    >>> _ = path.write_text("<html>not found</html>")
+    >>> check_image_file(path)[:25]
+    'not an image Pillow reads'
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  try:
+    if path.stat().st_size == 0:
+      return "empty file (0 bytes)"
+    with Image.open(path) as image:
+      width, height = image.size
+      is_jpeg, tile = image.format == "JPEG", image.tile
+      image.verify()
+    if not width or not height:
+      return f"image of size {width}x{height}"
+    if is_jpeg and tile:
+      scan_start = tile[0][2]
+      if path.read_bytes().find(b"\xff\xd9", scan_start) < 0:
+        return "truncated JPEG (no end-of-image marker after its data)"
+  except Image.UnidentifiedImageError:
+    return "not an image Pillow reads (wrong format or not an image at all)"
+  except Exception as err:  # Pillow raises many kinds for a bad file.
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+  return None
+
+
+def scan_image_files(paths: Sequence[str | os.PathLike[str]], *,
+                     num_threads: int | None = None
+                     ) -> list[tuple[str, str]]:
+  """:func:`check_image_file` of every path, in parallel threads.
+
+  Returns:
+    ``[(path, reason), ...]`` of the unreadable files, in ``paths`` order
+    (empty when all are sound).
+  """
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+
+  threads = num_threads or LoaderOptions().num_threads
+  with futures.ThreadPoolExecutor(max_workers=threads) as pool:
+    reasons = list(pool.map(check_image_file, paths, chunksize=64))
+  return [(str(p), r) for p, r in zip(paths, reasons) if r is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,8 +449,8 @@ class ImageSplit:
             "index": indices.astype(np.int32)}
 
   def load_batches(self, index_batches: Sequence[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches of examples at ``index_batches``, in order, via grain.
 
     Args:
@@ -363,6 +459,8 @@ class ImageSplit:
       seed: the run's data seed; with ``epoch`` and the position in the
         epoch it fixes every random choice.
       epoch: the epoch number.
+      first_batch: batches skipped without being read; the others get the
+        random choices they would get in a full pass (a resumed epoch).
 
     Returns:
       An iterator of ``{"image": [batch, crop, crop, 3] float32, "label":
@@ -382,7 +480,9 @@ class ImageSplit:
       dataset = positions.random_map(reader, seed=_epoch_seed(seed, epoch))
     else:
       dataset = positions.map(reader)
-    dataset = dataset.batch(batch_size).to_iter_dataset(grain.ReadOptions(
+    # Sliced after random_map: each record keeps its position's randomness.
+    dataset = dataset[first_batch * batch_size:].batch(batch_size)
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=self.options.num_threads,
         prefetch_buffer_size=self.options.prefetch))
     if self.options.num_workers:

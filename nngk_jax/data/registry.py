@@ -17,7 +17,7 @@ from nngk_jax.data import glyphs
 from nngk_jax.data import splits
 from nngk_jax.data import tfds as tfds_data
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "check_dataset_name", "load_dataset"]
 
 
 def _benchmark(key: str) -> Callable[..., splits.Dataset]:
@@ -49,6 +49,39 @@ def _known_names() -> str:
       f"'{k}:PATH'" if k in _TAKES_ARGUMENT else repr(k) for k in DATASETS)
 
 
+def check_dataset_name(name: Any) -> tuple[str, str | None]:
+  """``(key, argument)`` of a dataset name, or a ``ValueError`` listing the
+  known ones.
+
+  Only keys of :data:`DATASETS` are accepted, and ``KEY:ARG`` only for the
+  keys that take an argument (``folder:PATH``): a name is never a path to
+  a file that would be imported.
+
+  Examples:
+    >>> check_dataset_name("folder:/data/birds")
+    ('folder', '/data/birds')
+    >>> check_dataset_name("../../x:y")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown dataset '../../x:y'; known: 'digits', 'folder:PATH', 'cub', 'cars196', 'sop', 'glyphs'
+  """
+  if not isinstance(name, str):
+    raise ValueError(f"a dataset name must be a string, got {name!r}; "
+                     f"known: {_known_names()}")
+  key, colon, argument = name.partition(":")
+  if key not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known: {_known_names()}")
+  if key in _TAKES_ARGUMENT:
+    if not colon or not argument:
+      raise ValueError(f"dataset {key!r} is used as '{key}:PATH', got "
+                       f"{name!r}")
+    return key, argument
+  if colon:
+    raise ValueError(f"dataset {key!r} takes no ':' argument, got {name!r}; "
+                     f"known: {_known_names()}")
+  return key, None
+
+
 def load_dataset(name: str, **options: Any) -> splits.Dataset:
   """Loads a dataset by name from :data:`DATASETS`.
 
@@ -71,15 +104,7 @@ def load_dataset(name: str, **options: Any) -> splits.Dataset:
     >>> load_dataset("digits", protocol="classification").test.num_classes
     10
   """
-  key, colon, argument = name.partition(":")
-  if key not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; known: {_known_names()}")
-  if key in _TAKES_ARGUMENT:
-    if not colon or not argument:
-      raise ValueError(f"dataset {key!r} is used as '{key}:PATH', got "
-                       f"{name!r}")
+  key, argument = check_dataset_name(name)
+  if argument is not None:
     return DATASETS[key](argument, **options)
-  if colon:
-    raise ValueError(f"dataset {key!r} takes no ':' argument, got {name!r}; "
-                     f"known: {_known_names()}")
   return DATASETS[key](**options)

@@ -62,9 +62,17 @@ def _check_batch_size(split: splits.SplitLike, batch_size: int,
         f"examples) with drop_last=True: no batch would be produced")
 
 
+def _check_first_batch(first_batch: int, num: int) -> None:
+  if isinstance(first_batch, bool) or not isinstance(
+      first_batch, (int, np.integer)) or not 0 <= first_batch <= num:
+    raise ValueError(f"first_batch must be an integer in [0, {num}] (the "
+                     f"epoch's batches), got {first_batch!r}")
+
+
 def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
                     epoch: int, shuffle: bool = True, drop_last: bool = True,
-                    augment: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                    augment: bool = False,
+                    first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of batches over ``split``.
 
   The order is ``np.random.default_rng([seed, epoch]).permutation(len(split))``
@@ -86,6 +94,8 @@ def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
     drop_last: drop the final partial batch (True) or pad it (False).
     augment: apply the training transform (random crop, flip) of an
       :class:`~nngk_jax.data.pipeline.ImageSplit`; in-memory splits ignore it.
+    first_batch: start at this batch of the epoch (a run resumed
+      mid-epoch): the batches that follow are exactly those of a full pass.
 
   Returns:
     An iterator of ``{"image": [batch, H, W, C] float32, "label": [batch]
@@ -120,17 +130,18 @@ def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
           [indices, np.full(batch_size - num_valid, indices[-1])])
     index_batches.append(indices)
     valid.append(np.arange(batch_size) < num_valid)
+  _check_first_batch(first_batch, len(index_batches))
   batches = split.load_batches(index_batches, augment=augment, seed=seed,
-                               epoch=epoch)
-  for batch, batch_valid in zip(batches, valid):
+                               epoch=epoch, first_batch=first_batch)
+  for batch, batch_valid in zip(batches, valid[first_batch:]):
     batch["valid"] = batch_valid
     yield batch
 
 
 def iterate_class_balanced_batches(
     split: splits.SplitLike, classes_per_batch: int, samples_per_class: int, *,
-    seed: int, epoch: int,
-    augment: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    seed: int, epoch: int, augment: bool = False,
+    first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of m-per-class batches (``classes_per_batch`` x ``samples_per_class``).
 
   Each batch draws ``classes_per_batch`` distinct classes and
@@ -148,6 +159,7 @@ def iterate_class_balanced_batches(
     seed: the run's data seed.
     epoch: the epoch number.
     augment: as in :func:`iterate_batches`.
+    first_batch: as in :func:`iterate_batches`.
 
   Returns:
     An iterator of batch dicts as :func:`iterate_batches` yields.
@@ -182,7 +194,8 @@ def iterate_class_balanced_batches(
         rng.choice(by_class[c], samples_per_class,
                    replace=len(by_class[c]) < samples_per_class)
         for c in classes]))
-  for batch in split.load_batches(index_batches, augment=augment,
-                                  seed=seed, epoch=epoch):
+  _check_first_batch(first_batch, len(index_batches))
+  for batch in split.load_batches(index_batches, augment=augment, seed=seed,
+                                  epoch=epoch, first_batch=first_batch):
     batch["valid"] = np.ones(batch_size, bool)
     yield batch

@@ -34,6 +34,7 @@ __all__ = [
     "PROTOCOLS",
     "Split",
     "SplitLike",
+    "UnreadableImagesError",
     "build_dataset",
     "check_fraction",
     "check_labels",
@@ -45,6 +46,25 @@ PROTOCOLS = ("metric", "classification")
 
 class DataError(ValueError):
   """A data file could not be read (corrupt, truncated, not an image)."""
+
+
+class UnreadableImagesError(DataError):
+  """Image files that cannot be read, found before any work, all at once.
+
+  The message lists every file and why, one per line after the first.
+
+  Attributes:
+    files: ``[(path, reason), ...]``.
+  """
+
+  def __init__(self, files, where: str):
+    self.files = list(files)
+    listing = "".join(f"\n  {path}: {reason}" for path, reason in self.files)
+    super().__init__(
+        f"{len(self.files)} image file(s) in {where} cannot be read (fix or "
+        f"remove them, or set data.skip_unreadable=True to train without "
+        f"them and list them in unreadable_files.txt in the work "
+        f"directory):{listing}")
 
 
 class DatasetNotAvailableError(RuntimeError):
@@ -138,13 +158,15 @@ class SplitLike(Protocol):
     """The examples at ``indices``: ``{"image", "label", "index"}``."""
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches at ``index_batches``, in order (the samplers' path).
 
     ``augment`` asks for the training transform (random crop, flip) where
     the split has one; its random choices are a function of ``(seed,
-    epoch, position in the epoch)``.
+    epoch, position in the epoch)``. ``first_batch`` skips that many
+    batches without reading them; the rest are as they would have been (a
+    run resumed mid-epoch).
     """
 
 
@@ -269,16 +291,17 @@ class Split:
             "index": indices}
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
-                   augment: bool, seed: int,
-                   epoch: int) -> Iterator[dict[str, np.ndarray]]:
-    """:meth:`get_batch` of each index batch, in order.
+                   augment: bool, seed: int, epoch: int,
+                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """:meth:`get_batch` of each index batch from ``first_batch`` on.
 
     The images are already decoded and normalised, so there is no
     augmentation: ``augment``, ``seed`` and ``epoch`` are accepted (as
     :class:`SplitLike` asks) and ignored.
     """
     del augment, seed, epoch  # In memory: nothing to decode or augment.
-    return (self.get_batch(indices) for indices in index_batches)
+    return (self.get_batch(indices)
+            for indices in list(index_batches)[first_batch:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +316,9 @@ class Dataset:
       ones and each split numbers its own classes ``0..C-1`` (``class_names``
       keep the original names); evaluate by retrieval. ``"classification"``:
       both splits share the same classes and label ids; evaluate by accuracy.
+    unreadable: ``(path, reason)`` of the files left out because they cannot
+      be read (``data.skip_unreadable=True``); the trainer writes them to
+      ``unreadable_files.txt`` in the work directory.
 
   Examples:
     >>> import numpy as np
@@ -307,6 +333,7 @@ class Dataset:
   train: SplitLike
   test: SplitLike
   protocol: str
+  unreadable: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self) -> None:
     if self.protocol not in PROTOCOLS:
