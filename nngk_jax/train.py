@@ -45,6 +45,7 @@ from nngk_jax import data as datalib
 from nngk_jax import evaluation
 from nngk_jax import interrupts
 from nngk_jax import objectives
+from nngk_jax import parallel
 from nngk_jax import plotting
 from nngk_jax import state as statelib
 from nngk_jax import workdir as workdirlib
@@ -74,7 +75,7 @@ DIVERGENCE_FACTOR = 100.0
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "progress", "eval_batch_size",
                     "nmi", "eval_search", "nmi_method",
                     "optimizer.learning_rate", "nngk.background_graph",
-                    "checkpoint_every_steps")
+                    "checkpoint_every_steps", "mesh")
 
 
 def build_bank(config, dataset: datalib.Dataset,
@@ -106,8 +107,15 @@ def init_run(config, dataset: datalib.Dataset):
 
 
 def make_train_step(config, num_classes: int | None = None,
-                    bank: banklib.CentreBank | None = None):
+                    bank: banklib.CentreBank | None = None, *,
+                    mesh=None, state: statelib.TrainState | None = None):
   """The jitted ``train_step(state, batch) -> (state, metrics)``.
+
+  With a ``mesh`` (:func:`nngk_jax.parallel.make_mesh`) the same step runs
+  data-parallel: each host batch is split over the devices
+  (:func:`nngk_jax.parallel.shard_batch`) and the new state keeps the
+  shardings of ``state`` (:func:`nngk_jax.parallel.state_shardings`), which
+  must then be given (placed with :func:`nngk_jax.parallel.place_state`).
 
   One gradient of the objective's loss with respect to ``state.params``
   (network and bank parameters), one optimiser update; then the bank's
@@ -150,7 +158,18 @@ def make_train_step(config, num_classes: int | None = None,
                     "embedding_norm": embedding_norm}
     return new_state, step_metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  if state is None:
+    raise ValueError("make_train_step(mesh=...) needs the state whose "
+                     "shardings the step keeps")
+  jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(
+      parallel.state_shardings(state, mesh), parallel.replicated(mesh)))
+
+  def sharded_step(state, batch):
+    return jitted(state, parallel.shard_batch(batch, mesh))
+
+  return sharded_step
 
 
 def sampler_name(config) -> str:
@@ -183,6 +202,10 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"optimizer.learning_rate must be positive, got "
                      f"{config.optimizer.learning_rate}")
+  devices = parallel.num_devices(parallel.make_mesh(config))
+  if config.batch_size % devices:
+    raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
+                     f"the {devices} devices it is split over (config.mesh)")
   if config.batch_size > n_train:
     raise ValueError(f"batch_size={config.batch_size} is larger than the "
                      f"training split ({n_train} images)")
@@ -435,7 +458,10 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
           f"than num_epochs={config.num_epochs}; it is re-evaluated as it "
           f"is, at epoch {start_epoch}", file=sys.stderr)
 
-  train_step = make_train_step(config, dataset.train.num_classes, bank)
+  mesh = parallel.make_mesh(config)
+  state = parallel.place_state(state, mesh)
+  train_step = make_train_step(config, dataset.train.num_classes, bank,
+                               mesh=mesh, state=state)
   param_norm_limit = DIVERGENCE_FACTOR * max(
       float(optax.global_norm(state.params)), 1.0)
   final = None
@@ -450,7 +476,7 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
       bank_state, bank_record = bank.refresh(
           state.bank, epoch, lambda: evaluation.embed_split(
               state, dataset.train, config.eval_batch_size)[0])
-      state = state.replace(bank=bank_state)
+      state = parallel.place_state(state.replace(bank=bank_state), mesh)
       record.update(bank_record)
 
     def save_partial(state, done, partial, epoch=epoch, record=record):

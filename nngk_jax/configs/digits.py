@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-loss settings, read by nngk_jax.objectives (used when selected).
   config.losses = ml_collections.ConfigDict()
 
+  # Data parallel over the local devices (nngk_jax.parallel): mesh.data
+  # devices (None: all of them), mesh.fsdp to split the parameters too.
+  config.mesh = ml_collections.ConfigDict({"data": None, "fsdp": 1})
+
   config.batch_size = 32
   config.sampler = None            # None: the objective's; "random" or "class_balanced"
   config.samples_per_class = 8     # m, for m-per-class batches
