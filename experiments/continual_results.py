@@ -43,8 +43,8 @@ RUNS = {
     "joint": ("joint", {}),
 }
 VARIANTS = {
-    "continual_nngk, eq. 13 on drops only": (
-        "continual_nngk", {"redistribute": "drop"}),
+    "continual_nngk, eq. 13 also on adds": (
+        "continual_nngk", {"redistribute": "both"}),
     "continual_nngk, no eq. 13": ("continual_nngk", {"redistribute": "none"}),
     "continual_nngk, n_d = 0": ("continual_nngk", {"num_drop": 0}),
     # Random centres, about as many per class as continual_nngk ends with.
@@ -127,6 +127,9 @@ def main(argv=None) -> int:
   if args.variants:
     runs.update(VARIANTS)
   out_dir = pathlib.Path(args.workdir) / args.stream
+  if args.set:
+    out_dir = out_dir / "_".join(
+        item.replace("=", "_").replace('"', "") for item in args.set)
   records: dict[str, list[dict]] = {}
   for name, (method, run_overrides) in runs.items():
     if run_overrides == "matched":

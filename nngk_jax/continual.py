@@ -25,11 +25,15 @@ label rows :math:`y_j \in \Delta^{C-1}` (:class:`ActiveCentres`). Per task
 
 Choices where the seed is silent (each an option of ``config.continual``):
 
-* **Sign of eq. 13 for an added centre.** The seed says "same with
-  :math:`S_a`": :math:`y_j \leftarrow y_j + \Delta y_j` for added centres as
-  for dropped ones (``redistribute="both"``, the default). ``"drop"`` applies
-  it to dropped centres only, ``"none"`` to neither (measured in
-  ``docs/results.md``).
+* **Eq. 13 for an added centre.** The seed says "same with :math:`S_a`":
+  :math:`y_j \leftarrow y_j + \Delta y_j` for added centres as for dropped
+  ones (``redistribute="both"``). A dropped centre's vote vanishes, and
+  moving its label into its neighbours compensates; an added centre casts
+  its own vote, and moving its neighbours' labels toward it as well counts
+  it twice (the influence function of eq. 12 says the compensation would
+  have the opposite sign). The default is ``"drop"`` (eq. 13 for dropped
+  centres only); ``"none"`` applies it to neither. All three are measured
+  in ``docs/results.md``: ``"both"`` was the worst on both streams.
 * **The kernel sum of eq. 13** runs over :math:`N_K(z_j) \cup \{z_0\}`, so the
   share :math:`c_j = k(z_j, z_0) / \sum_i k(z_j, z_i)` lies in ``[0, 1]`` and
   :math:`y_j + c_j (y_0 - y_j)` stays a probability row.
@@ -278,7 +282,7 @@ def example_losses(bank: ActiveCentres, embeddings: np.ndarray,
 def drop_and_add(bank: ActiveCentres, candidates: np.ndarray,
                  candidate_labels: np.ndarray, candidate_examples: np.ndarray,
                  *, task: int, num_drop: int, num_add: int, k: int,
-                 sigma: float, redistribute: str = "both",
+                 sigma: float, redistribute: str = "drop",
                  backend: str = "auto") -> tuple[ActiveCentres, dict]:
   """Step 3 of Algorithm 1 on a frozen network.
 
