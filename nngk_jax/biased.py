@@ -214,8 +214,8 @@ def kernel_mix(phi: jax.Array, neighbour_phi: jax.Array,
     >>> import jax.numpy as jnp
     >>> z1, g = kernel_mix(jnp.zeros((1, 2)), jnp.zeros((1, 3, 2)),
     ...                    jnp.array([[[1.], [2.], [3.]]]), sigma=1.0)
-    >>> z1.tolist(), g.tolist()
-    ([[2.0]], [1.0])
+    >>> [round(float(v), 5) for v in (z1[0, 0], g[0])]
+    [2.0, 1.0]
   """
   checks.check_rank("phi", phi, 2, "[batch, P]")
   checks.check_rank("neighbour_phi", neighbour_phi, 3, "[batch, K, P]")
