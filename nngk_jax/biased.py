@@ -463,8 +463,14 @@ class StoredPairs:
 def forward(network: BiasedNetwork, variables: dict, images: jax.Array,
             stored: StoredPairs | None, *, k: int, sigma: float,
             train: bool = False, exclude: jax.Array | None = None,
-            biased: bool = True) -> tuple[dict, dict]:
+            biased: bool = True, gate_gradient: bool = True
+            ) -> tuple[dict, dict]:
   """The whole model on a batch (every stage, no early exit).
+
+  ``gate_gradient=False`` mixes with :math:`\operatorname{sg}(g)`: the
+  loss of ``clf(z)`` then reaches :math:`\phi` through :math:`z_1`'s
+  weights only, not through the gate (``biased.gate_gradient``; the
+  outputs are the same).
 
   Returns:
     ``(outputs, batch_stats)``: ``outputs`` holds ``z2``, ``logits_z2``
@@ -481,7 +487,8 @@ def forward(network: BiasedNetwork, variables: dict, images: jax.Array,
     phi, _ = network.apply_stage("p", variables, h)
     z1, gate, neighbour_idx = nngk_layer(phi, stored.phi, stored.z, k=k,
                                          sigma=sigma, exclude=exclude)
-    z = gated_mix(z1, z2, gate)
+    z = gated_mix(z1, z2, gate if gate_gradient
+                  else jax.lax.stop_gradient(gate))
     outputs.update(
         phi=phi, z1=z1, gate=gate, z=z, neighbour_idx=neighbour_idx,
         logits=network.apply_stage("clf", variables, z)[0],
@@ -542,7 +549,8 @@ def _options(config) -> dict:
     raise ValueError(f"biased.stored_z must be one of {STORED_Z}, got "
                      f"{biased.stored_z!r}")
   return {"k": checks.positive_int("biased.k", biased.k),
-          "sigma": float(biased.sigma), "biased": bool(biased.enabled)}
+          "sigma": float(biased.sigma), "biased": bool(biased.enabled),
+          "gate_gradient": bool(biased.get("gate_gradient", True))}
 
 
 def create_train_state(network: BiasedNetwork, config,
@@ -822,6 +830,17 @@ class EarlyExit:
     self._first_stage = jax.jit(first_stage)
     self._f2 = jax.jit(f2_rows)
     self._finish = jax.jit(finish)
+
+  def warm_up(self, image_shape: Sequence[int]) -> None:
+    """Compiles the first stage and ``f2`` for every bucket (timing aside).
+
+    The row counters are left as they were.
+    """
+    images = jnp.zeros((self.batch_size,) + tuple(image_shape), jnp.float32)
+    h, z1, gate, _ = self._first_stage(images)
+    for size in self.buckets:
+      rows = jnp.zeros((size,), jnp.int32)
+      jax.block_until_ready(self._finish(z1, gate, self._f2(h, rows), rows))
 
   def predict_batch(self, images: np.ndarray, tau: float,
                     valid: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.biased.stored_z = "z2"    # what z_i holds: "z2" or "z" (its gated mix)
   config.biased.aux_weight = 1.0   # weight of CE(clf(z2), y)
   config.biased.phi_weight = 1.0   # weight of the NNGK loss on phi
+  # Whether CE(clf(z)) reaches phi through the gate g. True collapsed phi on
+  # the glyphs (g -> 1 for every input, accuracy 0.006; docs/results.md), so
+  # the mix uses sg(g): phi learns from z1's weights and the NNGK loss.
+  config.biased.gate_gradient = False
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
