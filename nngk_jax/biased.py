@@ -550,7 +550,7 @@ def _options(config) -> dict:
                      f"{biased.stored_z!r}")
   return {"k": checks.positive_int("biased.k", biased.k),
           "sigma": float(biased.sigma), "biased": bool(biased.enabled),
-          "gate_gradient": bool(biased.get("gate_gradient", True))}
+          "gate_gradient": bool(biased.gate_gradient)}
 
 
 def create_train_state(network: BiasedNetwork, config,
@@ -649,9 +649,13 @@ def refresh_stored(network: BiasedNetwork, variables: dict, images: np.ndarray,
   embedded = embed_split(network, variables, images, config.eval_batch_size)
   phi, z = jnp.asarray(embedded["phi"]), jnp.asarray(embedded["z2"])
   if config.biased.stored_z == "z":
-    mix = jax.jit(lambda p, z2, own: gated_mix(*nngk_layer(
-        p, phi, z, k=options["k"], sigma=options["sigma"], exclude=own)[:2],
-                                                  z2))
+
+    @jax.jit
+    def mix(own_phi, own_z2, own_rows):
+      z1, gate, _ = nngk_layer(own_phi, phi, z, k=options["k"],
+                               sigma=options["sigma"], exclude=own_rows)
+      return gated_mix(z1, own_z2, gate)
+
     rows = []
     for start in range(0, len(phi), config.eval_batch_size):
       stop = min(start + config.eval_batch_size, len(phi))

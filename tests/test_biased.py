@@ -252,6 +252,28 @@ def test_short_training_on_digits_beats_chance():
   assert np.isfinite(float(optax.global_norm(state.params)))
 
 
+def test_stored_z_mix_is_each_rows_gated_mix_without_itself(tiny):
+  network, variables, _, images = tiny
+  config = configs.load_config(configs.CONFIG_DIR / "biased.py")
+  config.biased.k, config.biased.sigma = 3, 0.7
+  config.eval_batch_size = 8  # several batches, the last one short
+  labels = np.zeros(len(images), np.int32)
+  config.biased.stored_z = "z2"
+  plain = biased.refresh_stored(network, variables, images, labels, config)
+  config.biased.stored_z = "z"
+  mixed = biased.refresh_stored(network, variables, images, labels, config)
+  np.testing.assert_array_equal(mixed.phi, plain.phi)
+  expected = []
+  for row in range(len(images)):
+    others = np.delete(np.arange(len(images)), row)
+    z1, gate = numpy_layer(np.asarray(plain.phi[row:row + 1], np.float64),
+                           np.asarray(plain.phi, np.float64)[others],
+                           np.asarray(plain.z, np.float64)[others], 3, 0.7)
+    expected.append(gate[0] * z1[0] + (1 - gate[0]) * np.asarray(plain.z[row]))
+  np.testing.assert_allclose(mixed.z, np.array(expected), rtol=1e-4,
+                             atol=1e-5)
+
+
 def test_config_errors_name_the_field():
   config = configs.load_config(configs.CONFIG_DIR / "biased.py")
   config.biased.stored_z = "logits"
