@@ -26,7 +26,8 @@ Run:    python experiments/biased_results.py --datasets digits glyphs \
             --seeds 0 1 --alternatives --workdir runs/biased \
             --results-doc docs/results.md --figure docs/biased_tradeoff.png
         (``make biased``)
-Time:   about 25 min on the 2-core CPU (glyph runs ~1.7 min each).
+Time:   about 32 min on the 2-core CPU (digits 7 min; glyph runs ~1.5 min
+        each, 14 of them).
 Output: <workdir>/biased.json, <workdir>/biased.md; the tables replace the
         section "## Biased network" of --results-doc; the curve is
         --figure.

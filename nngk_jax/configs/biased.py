@@ -7,9 +7,10 @@ network clf(f2(f1(x))) with the same modules and budget.
 
 Run:      make biased                    (digits and glyphs, seeds 0 and 1)
           python experiments/biased_results.py --datasets digits --seeds 0
-Time:     about 20 s of training on the 2-core CPU (898 images, 15 epochs).
-Expected: test accuracy about 0.95-0.97, biased and plain alike; the tau
-          sweep and its skip shares are in docs/results.md ("Biased network").
+Time:     about 20 s of training on the 2-core CPU (901 images, 15 epochs).
+Expected: test accuracy 0.985 (full model), 0.972 from clf(z1) alone, plain
+          network 0.984; at tau = 0.2 about 90 % of test images skip f2 at
+          0.982 (seeds 0 and 1, docs/results.md, "Biased network").
 """
 
 import ml_collections
