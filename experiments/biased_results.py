@@ -36,11 +36,13 @@ Output: <workdir>/biased.json, <workdir>/biased.md; the tables replace the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
 import time
 
+import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -86,12 +88,12 @@ def _timed(fn, repeats: int) -> float:
 
 def plain_run(network, variables, split, repeats: int) -> dict:
   """Accuracy and ms/image of ``clf(f2(f1(x)))`` over fixed 256-row batches."""
-  plain = biased.plain_forward_fn(network, variables)
+  plain = jax.jit(functools.partial(biased.plain_forward, network))
   images = np.asarray(split.images)
   batches = list(biased._fixed_batches(images, BATCH))  # pylint: disable=protected-access
 
   def run():
-    return [np.asarray(plain(chunk))[:valid] for chunk, valid in batches]
+    return [np.asarray(plain(variables, chunk))[:valid] for chunk, valid in batches]
 
   logits = np.concatenate(run())  # compiles
   seconds = _timed(run, repeats)

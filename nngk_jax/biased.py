@@ -64,6 +64,7 @@ Choices (each an option of ``config.biased``; the measurements are in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -104,9 +105,11 @@ __all__ = [
     "make_train_step",
     "nearest_stored",
     "nngk_layer",
-    "plain_forward_fn",
+    "first_stage",
+    "plain_forward",
     "predict_split",
     "refresh_stored",
+    "second_stage",
     "stage_flops",
     "train",
 ]
@@ -818,22 +821,29 @@ class EarlyExit:
                        f"batch_size={batch_size}")
     self.f2_rows = self.f2_real_rows = self.f2_calls = 0
 
-    def first_stage(images):
-      h, _ = network.apply_stage("f1", variables, images)
-      phi, _ = network.apply_stage("p", variables, h)
-      z1, gate, _ = nngk_layer(phi, stored.phi, stored.z, k=k, sigma=sigma)
-      return h, z1, gate, network.apply_stage("clf", variables, z1)[0]
-
-    def f2_rows(h, rows):
+    def f2_rows(variables, h, rows):
       return network.apply_stage("f2", variables, h[rows])[0]
 
-    def finish(z1, gate, z2, rows):
+    def finish(variables, z1, gate, z2, rows):
       return network.apply_stage(
           "clf", variables, gated_mix(z1[rows], z2, gate[rows]))[0]
 
-    self._first_stage = jax.jit(first_stage)
-    self._f2 = jax.jit(f2_rows)
-    self._finish = jax.jit(finish)
+    # Variables and stored pairs are arguments, not constants baked into
+    # the compiled code.
+    self._variables, self._stored = variables, stored
+    self._first_stage_jit = jax.jit(functools.partial(
+        first_stage, network, k=k, sigma=sigma))
+    self._f2_jit = jax.jit(f2_rows)
+    self._finish_jit = jax.jit(finish)
+
+  def _first_stage(self, images):
+    return self._first_stage_jit(self._variables, self._stored, images)
+
+  def _f2(self, h, rows):
+    return self._f2_jit(self._variables, h, rows)
+
+  def _finish(self, z1, gate, z2, rows):
+    return self._finish_jit(self._variables, z1, gate, z2, rows)
 
   def warm_up(self, image_shape: Sequence[int]) -> None:
     """Compiles the first stage and ``f2`` for every bucket (timing aside).
@@ -885,15 +895,34 @@ class EarlyExit:
     return np.concatenate(logits), np.concatenate(gates)
 
 
-def plain_forward_fn(network: BiasedNetwork, variables: dict) -> Callable:
-  """Jitted :math:`\\mathrm{clf}(f_2(f_1(x)))`, the plain network's logits."""
+def first_stage(network: BiasedNetwork, variables: dict, stored: StoredPairs,
+                images: jax.Array, *, k: int, sigma: float):
+  r"""The early exit's first stage: :math:`f_1`, :math:`p`, the NNGK layer.
 
-  def plain(images):
-    h, _ = network.apply_stage("f1", variables, images)
-    z2, _ = network.apply_stage("f2", variables, h)
-    return network.apply_stage("clf", variables, z2)[0]
+  Returns:
+    ``(h, z1, gate, logits_z1)``: the feature map ``[batch, H, W, C]``,
+    ``[batch, D]``, ``[batch]`` and :math:`\mathrm{clf}(z_1)`
+    ``[batch, classes]``.
+  """
+  h, _ = network.apply_stage("f1", variables, images)
+  phi, _ = network.apply_stage("p", variables, h)
+  z1, gate, _ = nngk_layer(phi, stored.phi, stored.z, k=k, sigma=sigma)
+  return h, z1, gate, network.apply_stage("clf", variables, z1)[0]
 
-  return jax.jit(plain)
+
+def second_stage(network: BiasedNetwork, variables: dict, h: jax.Array,
+                 z1: jax.Array, gate: jax.Array) -> jax.Array:
+  """:math:`\mathrm{clf}(g z_1 + (1-g) f_2(h))` for every row."""
+  z2, _ = network.apply_stage("f2", variables, h)
+  return network.apply_stage("clf", variables, gated_mix(z1, z2, gate))[0]
+
+
+def plain_forward(network: BiasedNetwork, variables: dict,
+                  images: jax.Array) -> jax.Array:
+  """:math:`\mathrm{clf}(f_2(f_1(x)))`, the plain network's logits."""
+  h, _ = network.apply_stage("f1", variables, images)
+  z2, _ = network.apply_stage("f2", variables, h)
+  return network.apply_stage("clf", variables, z2)[0]
 
 
 def _flops(fn: Callable, *args) -> float:
@@ -915,21 +944,14 @@ def stage_flops(network: BiasedNetwork, variables: dict, stored: StoredPairs,
     ``plain`` (``clf(f2(f1(x)))``), each divided by ``batch_size``.
   """
   images = jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32)
-  h, _ = network.apply_stage("f1", variables, images)
-  z2, _ = network.apply_stage("f2", variables, h)
-
-  def first_stage(x):
-    h, _ = network.apply_stage("f1", variables, x)
-    phi, _ = network.apply_stage("p", variables, h)
-    z1, gate, _ = nngk_layer(phi, stored.phi, stored.z, k=k, sigma=sigma)
-    return network.apply_stage("clf", variables, z1)[0], gate
-
-  def second_stage(h, z1, gate):
-    z2, _ = network.apply_stage("f2", variables, h)
-    return network.apply_stage("clf", variables, gated_mix(z1, z2, gate))[0]
-
-  gate = jnp.zeros((batch_size,))
-  plain = plain_forward_fn(network, variables)
-  return {"first_stage": _flops(first_stage, images) / batch_size,
-          "f2": _flops(second_stage, h, z2, gate) / batch_size,
-          "plain": _flops(plain, images) / batch_size}
+  h, z1, gate, _ = first_stage(network, variables, stored, images, k=k,
+                               sigma=sigma)
+  per_image = {
+      "first_stage": _flops(functools.partial(first_stage, network, k=k,
+                                              sigma=sigma),
+                            variables, stored, images),
+      "f2": _flops(functools.partial(second_stage, network), variables, h,
+                   z1, gate),
+      "plain": _flops(functools.partial(plain_forward, network), variables,
+                      images)}
+  return {name: flops / batch_size for name, flops in per_image.items()}

@@ -223,7 +223,7 @@ def test_early_exit_extreme_thresholds(tiny):
   np.testing.assert_allclose(logits, full["logits"], rtol=1e-5, atol=1e-5)
   for tau in np.linspace(0, 1, 7):  # many counts, one compile per bucket
     exit_.predict(images, float(tau))
-  assert exit_._f2._cache_size() <= len(exit_.buckets)  # pylint: disable=protected-access
+  assert exit_._f2_jit._cache_size() <= len(exit_.buckets)  # pylint: disable=protected-access
 
 
 def test_stage_flops_split_the_plain_network(tiny):
