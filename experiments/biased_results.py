@@ -289,6 +289,9 @@ def main(argv=None) -> int:
   parser.add_argument("--alternatives", action="store_true")
   parser.add_argument("--alternative-seeds", type=int, nargs="+",
                       default=[0, 1])
+  parser.add_argument("--alternatives-from",
+                      help="a biased.json of an earlier run: report its "
+                      "alternatives instead of training them again")
   parser.add_argument("--workdir", default=str(ROOT / "runs" / "biased"))
   parser.add_argument("--results-doc")
   parser.add_argument("--figure")
@@ -299,6 +302,12 @@ def main(argv=None) -> int:
   root.mkdir(parents=True, exist_ok=True)
   records: dict = {}
   alternatives: dict = {}
+  if args.alternatives_from:
+    earlier = json.loads(pathlib.Path(args.alternatives_from).read_text())
+    alternatives = {dataset: {name: runs for name, runs in variants.items()
+                              if name != "default"}
+                    for dataset, variants in earlier["alternatives"].items()
+                    if dataset in args.datasets}
   for dataset in args.datasets:
     for seed in args.seeds:
       record = measure(dataset, seed, args.repeats)
@@ -319,7 +328,7 @@ def main(argv=None) -> int:
                 flush=True)
           (root / "biased.json").write_text(json.dumps(
               {"records": records, "alternatives": alternatives}, indent=1))
-  if args.alternatives:
+  if args.alternatives or args.alternatives_from:
     for dataset, rows in default_alternatives(
         records, args.datasets, args.alternative_seeds).items():
       alternatives[dataset] = {**rows, **alternatives.get(dataset, {})}
