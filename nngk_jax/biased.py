@@ -31,8 +31,9 @@ The pieces:
   log space.
 * :func:`forward`, :func:`biased_loss`, :func:`make_train_step`,
   :func:`refresh_stored`, :func:`train`: training.
-* :class:`EarlyExit`, :func:`bucket_sizes`, :func:`stage_flops`: inference
-  with a real early exit, and its cost.
+* :class:`EarlyExit` (with :func:`first_stage`, :func:`bucket_sizes`),
+  :func:`second_stage`, :func:`plain_forward`, :func:`stage_flops`:
+  inference with a real early exit, and its cost.
 
 Choices (each an option of ``config.biased``; the measurements are in
 ``docs/results.md``, "Biased network"):
@@ -45,9 +46,14 @@ Choices (each an option of ``config.biased``; the measurements are in
   outputs of the whole training split, recomputed every ``refresh_every``
   epochs (as NNGK's centres) and held beside the train state; no gradient
   reaches them. Gradients reach :math:`p` and :math:`f_1` through
-  :math:`\phi` (in :math:`z_1` and :math:`g`), :math:`f_2` through
-  :math:`z_2`. A training example's own stored row is excluded from its
-  neighbours.
+  :math:`\phi` (in :math:`z_1`'s weights and the NNGK loss), :math:`f_2`
+  through :math:`z_2`. A training example's own stored row is excluded
+  from its neighbours.
+* **The gate's gradient** (``gate_gradient``, default off): with it, the
+  cross-entropy reaches :math:`\phi` through :math:`g` too, as the seed's
+  formula reads. On the glyphs that pulled every :math:`\phi` onto its
+  neighbours until :math:`g = 1` for every input (accuracy 0.007), so the
+  default mixes with :math:`\operatorname{sg}(g)`.
 * **Auxiliary losses** (``aux_weight``, ``phi_weight``): the main loss is
   the cross-entropy of :math:`\mathrm{clf}(z)`. Where :math:`g \to 1`,
   :math:`f_2` gets :math:`(1-g)` of the gradient and the stored :math:`z_i`
@@ -57,7 +63,7 @@ Choices (each an option of ``config.biased``; the measurements are in
   ``phi_weight`` adds the NNGK loss of :math:`\phi` against the stored
   :math:`\phi_i` and their labels (examples with no same-class neighbour
   are skipped).
-* ``biased=False`` trains the plain network :math:`\mathrm{clf}(f_2(f_1(x)))`
+* ``biased.enabled=False`` trains the plain network :math:`\mathrm{clf}(f_2(f_1(x)))`
   with the same modules, data and budget (the baseline).
 """
 
