@@ -106,3 +106,15 @@ $(PEER_VENV)/.installed: requirements-peer.txt
 
 peer: venv $(PEER_VENV)/.installed
 	$(PY) experiments/peer.py --dataset $(call q,$(DATASET)) $(ARGS)
+
+# `make biased`: the biased network (nngk_jax/biased.py) against the plain
+# network on digits and the glyph classification split, seeds 0 and 1: the
+# early exit's accuracy, skipped share, FLOPs and wall time by gate threshold,
+# and the design alternatives; tables into docs/results.md ("Biased
+# network"), the curve into docs/biased_tradeoff.png
+# (experiments/biased_results.py; ARGS passes its options, e.g.
+# ARGS="--datasets digits --seeds 0").
+.PHONY: biased
+
+biased: venv
+	$(PY) experiments/biased_results.py --datasets digits glyphs --seeds 0 1 --alternatives --workdir runs/biased --results-doc docs/results.md --figure docs/biased_tradeoff.png $(ARGS)

@@ -110,6 +110,10 @@ class ConvNet(nn.Module):
   Attributes:
     channels: output width of each block.
     pooling: ``"max"`` (the usual choice) or ``"avg"`` 2x2 pooling.
+    global_pool: average the last block's map into ``[batch, channels[-1]]``
+      (the default); ``False`` returns the ``[batch, H', W', channels[-1]]``
+      map, so that the blocks can be split in two stages
+      (:mod:`nngk_jax.biased`).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -121,6 +125,7 @@ class ConvNet(nn.Module):
 
   channels: Sequence[int] = (32, 64, 128, 256)
   pooling: str = "max"
+  global_pool: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -133,7 +138,7 @@ class ConvNet(nn.Module):
       x = nn.relu(x)
       if x.shape[1] >= 2 and x.shape[2] >= 2:
         x = pool_2x2(x, self.pooling)
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=(1, 2)) if self.global_pool else x
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
