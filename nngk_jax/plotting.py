@@ -479,6 +479,61 @@ def plot_bars(names: Sequence[str],
   return _save(fig, path)
 
 
+def plot_tradeoff(curves: Mapping[str, Mapping[str, Any]],
+                  path: PathLike, *, xlabel: str = "share of inputs that skip f2",
+                  ylabel: str = "test accuracy",
+                  title: str = "") -> pathlib.Path:
+  """Accuracy against the share of skipped work, one line per curve.
+
+  Args:
+    curves: label -> ``{"x": [P], "y": [P], "y_spread": [P] (optional,
+      error bars), "baseline": float (optional, a dashed horizontal line in
+      the curve's colour, e.g. the plain network's accuracy)}``.
+    path: the PNG to write.
+    xlabel, ylabel, title: axis labels and title.
+
+  Returns:
+    ``path`` as a ``pathlib.Path``.
+
+  Examples:
+    >>> import tempfile, pathlib
+    >>> out = plot_tradeoff({"digits": {"x": [0.0, 0.5, 1.0],
+    ...                                 "y": [0.98, 0.97, 0.9],
+    ...                                 "baseline": 0.98}},
+    ...                     pathlib.Path(tempfile.mkdtemp()) / "t.png")
+    >>> out.name
+    't.png'
+  """
+  if not curves:
+    raise ValueError("plot_tradeoff: no curves given")
+  fig = Figure(figsize=(6, 4), layout="constrained")
+  ax = fig.add_subplot()
+  for colour, (label, curve) in zip(_class_colours(len(curves)),
+                                    curves.items()):
+    x = np.asarray(curve["x"], dtype=np.float64)
+    y = np.asarray(curve["y"], dtype=np.float64)
+    spread = np.asarray(curve.get("y_spread", np.zeros_like(y)),
+                        dtype=np.float64)
+    if x.ndim != 1 or y.shape != x.shape or spread.shape != x.shape:
+      raise ValueError(
+          f"plot_tradeoff: curve {label!r} needs x, y (and y_spread) of one "
+          f"1-D shape; got {x.shape}, {y.shape}, {spread.shape}")
+    order = np.argsort(x, kind="stable")
+    ax.errorbar(x[order], y[order], yerr=spread[order], marker="o",
+                markersize=3, capsize=3, color=colour, label=str(label))
+    if _is_number(curve.get("baseline")):
+      ax.axhline(float(curve["baseline"]), color=colour, linestyle="--",
+                 linewidth=1, label=f"{label}: plain network")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_xlim(-0.02, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
 def plot_continual(accuracy: Mapping[str, np.ndarray],
                    path: PathLike,
                    *,
@@ -499,18 +554,6 @@ def plot_continual(accuracy: Mapping[str, np.ndarray],
     path: the PNG to write.
     ylabel: the y-axis label.
     title: the figure title.
-def plot_tradeoff(curves: Mapping[str, Mapping[str, Any]],
-                  path: PathLike, *, xlabel: str = "share of inputs that skip f2",
-                  ylabel: str = "test accuracy",
-                  title: str = "") -> pathlib.Path:
-  """Accuracy against the share of skipped work, one line per curve.
-
-  Args:
-    curves: label -> ``{"x": [P], "y": [P], "y_spread": [P] (optional,
-      error bars), "baseline": float (optional, a dashed horizontal line in
-      the curve's colour, e.g. the plain network's accuracy)}``.
-    path: the PNG to write.
-    xlabel, ylabel, title: axis labels and title.
 
   Returns:
     ``path`` as a ``pathlib.Path``.
@@ -567,38 +610,4 @@ def plot_tradeoff(curves: Mapping[str, Mapping[str, Any]],
   axes[len(sequential) - 1].legend(fontsize=7, loc="lower left")
   if title:
     fig.suptitle(title)
-    >>> out = plot_tradeoff({"digits": {"x": [0.0, 0.5, 1.0],
-    ...                                 "y": [0.98, 0.97, 0.9],
-    ...                                 "baseline": 0.98}},
-    ...                     pathlib.Path(tempfile.mkdtemp()) / "t.png")
-    >>> out.name
-    't.png'
-  """
-  if not curves:
-    raise ValueError("plot_tradeoff: no curves given")
-  fig = Figure(figsize=(6, 4), layout="constrained")
-  ax = fig.add_subplot()
-  for colour, (label, curve) in zip(_class_colours(len(curves)),
-                                    curves.items()):
-    x = np.asarray(curve["x"], dtype=np.float64)
-    y = np.asarray(curve["y"], dtype=np.float64)
-    spread = np.asarray(curve.get("y_spread", np.zeros_like(y)),
-                        dtype=np.float64)
-    if x.ndim != 1 or y.shape != x.shape or spread.shape != x.shape:
-      raise ValueError(
-          f"plot_tradeoff: curve {label!r} needs x, y (and y_spread) of one "
-          f"1-D shape; got {x.shape}, {y.shape}, {spread.shape}")
-    order = np.argsort(x, kind="stable")
-    ax.errorbar(x[order], y[order], yerr=spread[order], marker="o",
-                markersize=3, capsize=3, color=colour, label=str(label))
-    if _is_number(curve.get("baseline")):
-      ax.axhline(float(curve["baseline"]), color=colour, linestyle="--",
-                 linewidth=1, label=f"{label}: plain network")
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_xlim(-0.02, 1.02)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  if title:
-    ax.set_title(title)
   return _save(fig, path)
