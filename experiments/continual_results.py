@@ -32,6 +32,7 @@ from nngk_jax import continual  # noqa: E402
 from nngk_jax import plotting  # noqa: E402
 from nngk_jax.configs import continual as continual_config  # noqa: E402
 from nngk_jax.data import tasks  # noqa: E402
+from nngk_jax.data.splits import DatasetNotAvailableError  # noqa: E402
 
 SECTION = "## Continual learning"
 # name -> (method, config.continual overrides); --variants adds the rest.
@@ -122,7 +123,11 @@ def main(argv=None) -> int:
                        f"({', '.join(sorted(config.continual))})")
     config.continual[key] = overrides[key]
   stream_config = continual_config.for_stream(config, args.stream)
-  stream = tasks.load_task_stream(args.stream, **dict(stream_config.data))
+  try:
+    stream = tasks.load_task_stream(args.stream, **dict(stream_config.data))
+  except DatasetNotAvailableError as error:  # e.g. CIFAR not prepared
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   runs = {name: RUNS[name] for name in args.methods}
   if args.variants:
     runs.update(VARIANTS)
