@@ -206,8 +206,8 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(
   """A step that returns NaN at global step 20 = epoch 2, step 7 (14/epoch)."""
   real_make_train_step = train.make_train_step
 
-  def make_poisoned_step(config, num_classes=None, bank=None):
-    step = real_make_train_step(config, num_classes, bank)
+  def make_poisoned_step(config, num_classes=None, bank=None, **kwargs):
+    step = real_make_train_step(config, num_classes, bank, **kwargs)
 
     def poisoned(state, batch):
       new_state, metrics = step(state, batch)

@@ -63,7 +63,7 @@ def check_dataset_name(name: Any) -> tuple[str, str | None]:
     >>> check_dataset_name("../../x:y")
     Traceback (most recent call last):
     ...
-    ValueError: unknown dataset '../../x:y'; known: 'digits', 'folder:PATH', 'cub', 'cars196', 'sop', 'glyphs'
+    ValueError: unknown dataset '../../x:y'; known: 'digits', 'folder:PATH', 'cub', 'cars196', 'sop', 'cifar10', 'cifar100', 'glyphs'
   """
   if not isinstance(name, str):
     raise ValueError(f"a dataset name must be a string, got {name!r}; "
