@@ -174,8 +174,9 @@ class CentreBank:
     warm_up: with PyNNDescent, compile it in a background thread at once.
     background_graph: rebuild the graph after a refresh in a worker thread
       while training continues on the previous graph, swapped in at a step
-      boundary (``"auto"``: with PyNNDescent only, where a build takes
-      seconds; the exact search takes milliseconds below the crossover).
+      boundary (``"auto"``: with PyNNDescent, where a build takes seconds,
+      and only when the step runs on an accelerator; on a CPU the thread
+      competes with the step for the same cores).
       The first graph of a run (and of a resumed run) is always built at
       once. Off, a run is reproducible to the bit; on, the step at which the
       new graph arrives depends on timing (it is recorded in the history as
@@ -222,7 +223,12 @@ class CentreBank:
     self.weights_learning_rate = weights_learning_rate
     self.seed = seed
     if background_graph == "auto":
-      background_graph = self.graph_backend == "pynndescent"
+      # Only where the step runs on an accelerator: on a CPU the build's
+      # thread takes cores from the step, and the epoch got slower than with
+      # the build in line (experiments/bench_graph.py --swap: 17% against
+      # 11% exposed at N = 50,000 on 2 cores).
+      background_graph = (self.graph_backend == "pynndescent"
+                          and jax.default_backend() != "cpu")
     if not isinstance(background_graph, bool):
       raise ValueError(f"nngk.background_graph must be True, False or 'auto', "
                        f"got {background_graph!r}")

@@ -230,12 +230,18 @@ def test_a_failed_background_build_is_raised_at_the_next_batch(monkeypatch):
     bank.batch_extras(np.array([0]))
 
 
-def test_background_graph_auto_follows_the_backend():
+def test_background_graph_auto_follows_the_backend_and_the_device(
+    monkeypatch):
   assert not _bank(background_graph="auto")[0].background_graph  # exact
   labels = np.arange(30) % 5
-  approx = banklib.CentreBank(labels, 4, k=6, graph_backend="pynndescent",
+
+  def approx():
+    return banklib.CentreBank(labels, 4, k=6, graph_backend="pynndescent",
                               background_graph="auto", warm_up=False)
-  assert approx.background_graph
+
+  assert not approx().background_graph  # the step runs on this CPU
+  monkeypatch.setattr(banklib.jax, "default_backend", lambda: "gpu")
+  assert approx().background_graph
   with pytest.raises(ValueError, match="background_graph must be"):
     _bank(background_graph="yes")
 

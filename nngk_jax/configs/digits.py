@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.nngk.graph_backend = "auto"  # exact up to 30k centres, then "pynndescent"
   # Rebuild the graph after a refresh in a worker thread, training on with
   # the previous one until it is swapped in at a step boundary: "auto" does
-  # so with PyNNDescent (seconds per build), not with the exact search.
+  # so with PyNNDescent (seconds per build) when the step runs on a GPU or
+  # TPU; on a CPU the thread slows the step more than it hides.
   config.nngk.background_graph = "auto"
   config.nngk.num_same_class = 0  # nearest same-class centres appended
   config.nngk.learn_weights = True
