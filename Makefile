@@ -30,10 +30,10 @@ train: venv
 	$(PY) -m nngk_jax.train --dataset $(call q,$(DATASET)) --workdir $(call q,$(WORKDIR)) $(if $(RECIPE),--recipe $(call q,$(RECIPE))) $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 nngk_jax tests
+	$(PY) -m pytest -q -n 2 --durations=15 nngk_jax tests
 
 test-fast: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" nngk_jax tests
+	$(PY) -m pytest -q -n 2 -m "not slow" nngk_jax tests
 
 # `make search QUERY="a.png b.png"`: each query image's nearest training
 # images under the run in $(RUN) (default: $(WORKDIR)), its kernel-vote class,

@@ -506,7 +506,6 @@ def test_approximate_search_rows_are_cleaned_and_recall_reported(monkeypatch):
 
 
 @pytest.mark.slow  # NN-descent's numba compilation: about 45 s per process.
-@pytest.mark.xdist_group("numba")  # compiled once, in one worker
 def test_pynndescent_search_close_to_exact():
   rng = np.random.default_rng(10)
   labels = np.repeat(np.arange(120), 5)

@@ -258,7 +258,6 @@ def _check_query(points):
       small, neighbours.query_neighbours(points[:10], queries[:3], k=10))
 
 
-@pytest.mark.xdist_group("numba")  # compiled once, in one worker
 def test_pynndescent_backend(clustered_graphs):
   points, approx, exact = clustered_graphs
   _check_clustered_graph(approx, exact)
