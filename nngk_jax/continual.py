@@ -95,11 +95,13 @@ from nngk_jax import state as statelib
 from nngk_jax.checks import positive_int
 
 __all__ = [
+    "MEMORY",
     "METHODS",
     "ActiveCentres",
     "ContinualResult",
     "REDISTRIBUTE",
     "centre_scores",
+    "drop_and_add",
     "example_losses",
     "redistribute_labels",
     "run_continual",
