@@ -97,6 +97,16 @@ def _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
           f"neighbour_idx has shape {jnp.shape(neighbour_idx)}")
 
 
+def _check_example_labels(labels, embeddings) -> None:
+  """``labels`` is ``[batch]`` int, one per embedding (both losses)."""
+  _check_rank("labels", labels, 1, "[batch]")
+  _check_dtype("labels", labels, "int")
+  if jnp.shape(labels)[0] != jnp.shape(embeddings)[0]:
+    raise ValueError(
+        f"labels has {jnp.shape(labels)[0]} entries for a batch of "
+        f"{jnp.shape(embeddings)[0]} embeddings")
+
+
 def neighbour_log_kernels(
     embeddings: jax.Array,
     centres: jax.Array,
@@ -347,12 +357,7 @@ def gaussian_kernel_loss(
   _check_bank_inputs(embeddings, centres, centre_labels, neighbour_idx,
                      centre_log_weights, neighbour_mask)
   _check_sigma(sigma)
-  _check_rank("labels", labels, 1, "[batch]")
-  _check_dtype("labels", labels, "int")
-  if jnp.shape(labels)[0] != jnp.shape(embeddings)[0]:
-    raise ValueError(
-        f"labels has {jnp.shape(labels)[0]} entries for a batch of "
-        f"{jnp.shape(embeddings)[0]} embeddings")
+  _check_example_labels(labels, embeddings)
   if num_classes is not None:
     num_classes = positive_int("num_classes", num_classes)
   neighbour_labels = jnp.take(centre_labels, neighbour_idx, axis=0)  # [B, K]
@@ -541,12 +546,7 @@ def soft_gaussian_kernel_loss(
   """
   _check_soft_inputs(embeddings, centres, centre_label_probs, neighbour_idx,
                      centre_log_weights, neighbour_mask, sigma)
-  _check_rank("labels", labels, 1, "[batch]")
-  _check_dtype("labels", labels, "int")
-  if jnp.shape(labels)[0] != jnp.shape(embeddings)[0]:
-    raise ValueError(
-        f"labels has {jnp.shape(labels)[0]} entries for a batch of "
-        f"{jnp.shape(embeddings)[0]} embeddings")
+  _check_example_labels(labels, embeddings)
   width = jnp.shape(centre_label_probs)[1]
   if num_classes is not None:
     num_classes = positive_int("num_classes", num_classes)
