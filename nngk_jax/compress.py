@@ -57,6 +57,7 @@ from nngk_jax.checks import check_positive_scalar
 from nngk_jax.checks import check_rank
 from nngk_jax.checks import positive_int
 from nngk_jax.loss import kernel_class_log_probs
+from nngk_jax.workdir import read_metadata
 from nngk_jax.workdir import write_atomically
 
 __all__ = [
@@ -660,20 +661,9 @@ class CompressedBank:
     if not metadata_path.is_file():
       raise FileNotFoundError(
           f"no compressed bank in {directory}: {METADATA_FILE} is missing")
-    try:
-      metadata = json.loads(metadata_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-      raise CompressedBankFileError(
-          f"{metadata_path} is not valid JSON: {error}") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-      raise CompressedBankFileError(
-          f"{metadata_path} is not a compressed bank's metadata (format "
-          f"{metadata.get('format') if isinstance(metadata, dict) else None!r}"
-          f", expected {FORMAT_NAME!r})")
-    if metadata.get("version") != FORMAT_VERSION:
-      raise CompressedBankFileError(
-          f"{metadata_path} has format version {metadata.get('version')!r}; "
-          f"this nngk_jax reads version {FORMAT_VERSION}")
+    metadata = read_metadata(
+        metadata_path, format_name=FORMAT_NAME, version=FORMAT_VERSION,
+        what="a compressed bank's metadata", error=CompressedBankFileError)
     arrays_path = directory / ARRAYS_FILE
     if not arrays_path.is_file():
       raise FileNotFoundError(

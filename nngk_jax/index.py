@@ -78,6 +78,7 @@ from nngk_jax import objectives
 from nngk_jax import state as statelib
 from nngk_jax import train
 from nngk_jax.data import pipeline as pipelib
+from nngk_jax.workdir import read_metadata
 from nngk_jax.workdir import write_atomically
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Embedder", "GalleryStore",
@@ -1006,20 +1007,9 @@ class Index:
     if not meta_path.is_file():
       raise FileNotFoundError(f"no index at {directory} (no {META_FILE}); "
                               f"write one with Index.save(path)")
-    try:
-      meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-      raise IndexFormatError(f"{meta_path} is damaged: not JSON ({error})"
-                             ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-      found = meta.get("format") if isinstance(meta, dict) else None
-      raise IndexFormatError(f"{directory} is not an nngk-jax index "
-                             f"({META_FILE} says format {found!r}, expected "
-                             f"{FORMAT!r})")
-    if meta.get("version") != FORMAT_VERSION:
-      raise IndexFormatError(
-          f"{directory} is an index of layout version {meta.get('version')!r}"
-          f"; this nngk-jax reads version {FORMAT_VERSION}")
+    meta = read_metadata(meta_path, format_name=FORMAT,
+                         version=FORMAT_VERSION, what="an nngk-jax index",
+                         error=IndexFormatError)
     try:
       files, store_kind = dict(meta["files"]), meta["store"]
       for name, digest in files.items():

@@ -14,13 +14,15 @@ a kill, sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pathlib
 import socket
 import threading
 import time
 
-__all__ = ["WorkdirBusyError", "WorkdirLock", "write_atomically"]
+__all__ = ["WorkdirBusyError", "WorkdirLock", "read_metadata",
+           "write_atomically"]
 
 
 def write_atomically(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
@@ -45,6 +47,45 @@ def write_atomically(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
   finally:
     tmp.unlink(missing_ok=True)
   return path
+
+
+def read_metadata(path: str | os.PathLike, *, format_name: str,
+                  version: int, what: str, error: type[Exception]) -> dict:
+  """The JSON metadata a saved file set starts with, checked.
+
+  Args:
+    path: the ``.json`` file (it must exist).
+    format_name: the ``"format"`` entry it must hold.
+    version: the ``"version"`` entry it must hold.
+    what: what the files are, for the message (e.g. ``"an nngk-jax
+      index"``).
+    error: the exception to raise (a ``ValueError`` subclass of the caller).
+
+  Raises:
+    error: the file is not JSON, not a JSON object of ``format_name``, or
+      of another ``version``; the message names the file.
+
+  Examples:
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.json"
+    >>> _ = path.write_text('{"format": "x", "version": 1, "n": 3}')
+    >>> read_metadata(path, format_name="x", version=1, what="an x",
+    ...               error=ValueError)["n"]
+    3
+  """
+  path = pathlib.Path(path)
+  try:
+    metadata = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as cause:
+    raise error(f"{path} is damaged: not valid JSON ({cause})") from None
+  found = metadata.get("format") if isinstance(metadata, dict) else None
+  if not isinstance(metadata, dict) or found != format_name:
+    raise error(f"{path} is not {what} (format {found!r}, expected "
+                f"{format_name!r})")
+  if metadata.get("version") != version:
+    raise error(f"{path} has format version {metadata.get('version')!r}; "
+                f"this nngk-jax reads version {version}")
+  return metadata
 
 
 class WorkdirBusyError(RuntimeError):

@@ -322,11 +322,11 @@ def _garbage_npz_with_its_checksum(directory):
 
 @pytest.mark.parametrize("damage, error, match", [
     (lambda d: (d / "index.json").write_text("{not json"),
-     IndexFormatError, r"index.json is damaged: not JSON"),
+     IndexFormatError, r"index.json is damaged: not valid JSON"),
     (lambda d: _rewrite_json(d, format="something-else"),
      IndexFormatError, r"is not an nngk-jax index .*'something-else'"),
     (lambda d: _rewrite_json(d, version=99),
-     IndexFormatError, r"layout version 99; this nngk-jax reads version 1"),
+     IndexFormatError, r"index.json has format version 99; this nngk-jax reads version 1"),
     (lambda d: _flip_byte(d / "arrays.npz"),
      IndexFormatError, r"arrays.npz is damaged: its SHA-256 differs"),
     (lambda d: _flip_byte(d / "network.msgpack"),
