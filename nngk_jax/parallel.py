@@ -38,8 +38,8 @@ from jax.sharding import PartitionSpec as P
 
 from nngk_jax import checks
 
-__all__ = ["AXES", "batch_sharding", "make_mesh", "place_state",
-           "replicated", "shard_batch", "state_shardings"]
+__all__ = ["AXES", "batch_sharding", "make_mesh", "num_devices",
+           "place_state", "replicated", "shard_batch", "state_shardings"]
 
 AXES = ("data", "fsdp")
 
@@ -73,6 +73,7 @@ def make_mesh(config: Any, devices: list | None = None) -> Mesh | None:
 
 
 def num_devices(mesh: Mesh | None) -> int:
+  """Devices a batch is split over (1 without a mesh)."""
   return 1 if mesh is None else int(mesh.devices.size)
 
 
