@@ -34,8 +34,18 @@ from nngk_jax.geometry import pairwise_squared_distances
 
 __all__ = ["exact_knn"]
 
-# Largest number of squared distances held at once (float32: 4 bytes each).
-_DEFAULT_MAX_ELEMENTS = 1 << 25  # 32M distances = 128 MiB
+# Largest number of squared distances held at once (float32: 4 bytes each):
+# 32M (128 MiB) on a CPU; 256M (1 GiB) on an accelerator, where a chunk of a
+# few dozen queries against a million points would leave the device idle
+# between the many small launches (docs/benchmarks.md, "On a GPU").
+_DEFAULT_MAX_ELEMENTS = 1 << 25
+_ACCELERATOR_MAX_ELEMENTS = 1 << 28
+
+
+def _default_max_elements() -> int:
+  if jax.default_backend() == "cpu":
+    return _DEFAULT_MAX_ELEMENTS
+  return _ACCELERATOR_MAX_ELEMENTS
 
 
 @functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
@@ -68,7 +78,7 @@ def exact_knn(
       query *is*; that row is excluded from its own neighbours (self
       exclusion, as for a graph over ``data`` itself).
     chunk_size: queries per chunk; by default chosen so that one chunk holds
-      at most 32M distances.
+      at most 32M distances (256M on a GPU or TPU).
 
   Returns:
     ``(indices, squared_distances)``, ``[num_queries, k]`` int32 and float32,
@@ -108,11 +118,19 @@ def exact_knn(
     raise ValueError(
         f"exact_knn: query_ids must be [{num_queries}], got {query_ids.shape}")
   if chunk_size is None:
-    chunk_size = max(1, min(num_queries, _DEFAULT_MAX_ELEMENTS // max(num_data, 1)))
+    chunk_size = max(1, min(num_queries,
+                            _default_max_elements() // max(num_data, 1)))
   chunk_size = positive_int("exact_knn: chunk_size", chunk_size)
   data_dev = jnp.asarray(data)
   out_idx = np.empty((num_queries, k), np.int32)
   out_d2 = np.empty((num_queries, k), np.float32)
+  pending = None  # the last chunk dispatched, copied out after the next one
+
+  def copy_out(chunk):
+    begin, end, idx, d2 = chunk
+    out_idx[begin:end] = np.asarray(idx)[: end - begin]
+    out_d2[begin:end] = np.asarray(d2)[: end - begin]
+
   for start in range(0, num_queries, chunk_size):
     stop = min(start + chunk_size, num_queries)
     q = queries[start:stop]
@@ -122,6 +140,9 @@ def exact_knn(
       q = np.concatenate([q, np.zeros((pad, q.shape[1]), q.dtype)])
       ids = np.concatenate([ids, np.full((pad,), -1, np.int32)])
     idx, d2 = _knn_chunk(q, data_dev, ids, k=k, exclude_self=exclude_self)
-    out_idx[start:stop] = np.asarray(idx)[: stop - start]
-    out_d2[start:stop] = np.asarray(d2)[: stop - start]
+    if pending is not None:  # the device works on this chunk meanwhile
+      copy_out(pending)
+    pending = (start, stop, idx, d2)
+  if pending is not None:
+    copy_out(pending)
   return out_idx, out_d2

@@ -289,7 +289,15 @@ class NeighbourGraph:
 
 
 def _check_points(name: str, points: Any) -> np.ndarray:
-  """``points`` as C-contiguous float32 ``[N, D]``, or a ValueError."""
+  """``points`` as a writable C-contiguous float32 ``[N, D]`` array, or a
+  ValueError.
+
+  Always writable: numba compiles a separate specialisation of PyNNDescent's
+  NN-descent for read-only arrays (another ~17 s on a 2-core machine), and a
+  JAX array seen through ``np.asarray`` is read-only, so without the copy
+  the first graph of training would compile again what :func:`warm_up`
+  compiled.
+  """
   points = np.asarray(points)
   if points.ndim != 2 or points.shape[0] == 0 or points.shape[1] == 0:
     raise ValueError(
@@ -297,7 +305,8 @@ def _check_points(name: str, points: Any) -> np.ndarray:
   if not np.issubdtype(points.dtype, np.floating):
     raise ValueError(f"{name} must have a float dtype, got {points.dtype}")
   check_finite_rows(name, points)
-  return np.ascontiguousarray(points, np.float32)
+  points = np.ascontiguousarray(points, np.float32)
+  return points if points.flags.writeable else points.copy()
 
 
 def resolve_backend(backend: str, num_centres: int) -> str:

@@ -263,3 +263,35 @@ def test_pynndescent_backend(clustered_graphs):
   _check_clustered_graph(approx, exact)
   _check_tiny_banks()
   _check_query(points)
+
+
+def test_backends_always_receive_writable_arrays(monkeypatch):
+  # numba compiles NN-descent again for a read-only array (a JAX array seen
+  # through np.asarray is one), so every backend must get the same array
+  # type that warm_up() compiled for: writable, C-contiguous float32.
+  seen = []
+
+  def knn_graph(centres, k, seed):
+    seen.append(centres)
+    return neighbours.GRAPH_BACKENDS["exact"].knn_graph(centres, k, seed)
+
+  def query(data, queries, k, seed):
+    seen.extend([data, queries])
+    return neighbours.GRAPH_BACKENDS["exact"].query(data, queries, k, seed)
+
+  spy = neighbours.GraphBackend("spy", knn_graph, query)
+  monkeypatch.setitem(neighbours.GRAPH_BACKENDS, "spy", spy)
+  frozen = _POINTS.astype(np.float64)[:, ::-1]  # wrong dtype, not contiguous
+  frozen.flags.writeable = False
+  frozen32 = _POINTS.copy()
+  frozen32.flags.writeable = False
+  expected = neighbours.build_neighbour_graph(_POINTS, k=3, backend="exact")
+  for points in (frozen32, frozen[:, ::-1]):
+    graph = neighbours.build_neighbour_graph(points, k=3, backend="spy")
+    np.testing.assert_array_equal(graph.indices, expected.indices)
+  neighbours.query_neighbours(frozen32, frozen32[:4], k=3, backend="spy")
+  assert len(seen) == 4
+  for array in seen:
+    assert array.flags.writeable and array.flags.c_contiguous
+    assert array.dtype == np.float32
+  assert frozen32.flags.writeable is False  # the caller's array is untouched

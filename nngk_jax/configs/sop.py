@@ -6,11 +6,12 @@ Run:      make data DATASET=sop            (once: download + prepare, ~2.9 GB)
           make train DATASET=sop RECIPE=strong
 Needs:    ImageNet weights at weights/resnet18.safetensors (resnet50 for
           strong); docs/pretrained.md has the one-line command.
-Time:     paper recipe, one GPU with 8+ CPU cores: an estimate of 1.5 h
-          (30 epochs x 59,551 images at ~2,000 images/s, 6 refreshes with a
-          60k-centre PyNNDescent rebuild, and evaluation over 60,502 test
-          images; docs/benchmarks.md has the CPU-side parts measured). Not
-          yet measured on a GPU.
+Time:     paper recipe on one H200 with 16 CPU cores, from the parts
+          measured on synthetic JPEGs (docs/benchmarks.md, "On a GPU"):
+          the train step alone runs 5,900 images/s, but decoding the JPEGs
+          feeds about 800, so an epoch takes about 75 s; 30 epochs, 6
+          refreshes of about 65 s (the graph itself 0.4 s) and the
+          evaluations: about 45 minutes. Not yet run on the real data.
 Expected: no NNGK figure on SOP is published; Proxy-Anchor reports R@1 79.2
           with BN-Inception (methods.md, evaluation protocol). Record your
           figures in docs/results.md.
@@ -19,7 +20,8 @@ Notes:    most SOP classes have 2-12 images, so with K = 200 a sample often
           appends the nearest ones (the history's missing_positive_fraction
           shows how often none is found). The graph over 59,551 centres
           takes 72 s with PyNNDescent and 57 s exact on a 2-core CPU
-          (docs/benchmarks.md); on a GPU, nngk.graph_backend=exact is seconds.
+          (docs/benchmarks.md); on a GPU graph_backend "auto" builds it
+          exactly in under a second.
 """
 
 from nngk_jax.configs import benchmark
