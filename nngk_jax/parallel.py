@@ -89,7 +89,11 @@ def initialize_distributed(coordinator_address: str | None = None,
   With neither a coordinator nor more than one process (and no
   ``auto_detect``) it does nothing: a single process stays as it is. With
   ``auto_detect`` and nothing given, JAX detects the cluster itself (SLURM,
-  Open MPI, TPU pods). CPU collectives go through gloo (set only when
+  Open MPI, TPU pods; on GPUs under SLURM or Open MPI it then gives each
+  process one GPU, its local rank's). With the three settings given, JAX's
+  cluster detection is switched off, so each process keeps every local
+  device (one process per host; ``JAX_LOCAL_DEVICE_IDS`` still restricts
+  them). CPU collectives go through gloo (set only when
   ``jax_cpu_collectives_implementation`` is not already chosen; it does
   not affect GPUs).
 
@@ -131,9 +135,10 @@ def initialize_distributed(coordinator_address: str | None = None,
                      f"{num_processes}) (num_processes={num_processes})")
   if jax.config.jax_cpu_collectives_implementation in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id,
+      cluster_detection_method="deactivate" if explicit else None)
   return True
 
 

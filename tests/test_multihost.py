@@ -179,7 +179,9 @@ def test_two_processes_train_like_one(tmp_path):
   line = next(l for l in single.stdout.splitlines() if l.startswith("RESULT "))
   one = json.loads(line[len("RESULT "):])
   two = json.loads((tmp_path / "multi.json").read_text())
-  print("max parameter difference", one["max_diff"], "scale", one["scale"])
+  print(f"2 processes vs 1: max difference {one['max_diff']:.2g} (scale "
+        f"{one['scale']:.3g}); resumed Recall@1 "
+        f"{one['resumed']['recall@1']:.3f}")
   # Each process read half of every 32-row batch, held half the bank.
   assert two["devices"] == 4 and two["shard"] == [0, 2], two
   assert two["rows_read"] == [16] * 4 and two["bank_rows_here"] == [224] * 2
