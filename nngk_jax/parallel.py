@@ -107,8 +107,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     Whether ``jax.distributed.initialize`` was called.
 
   Raises:
-    ValueError: a number is missing or out of range, or an environment
-      variable is not an integer.
+    ValueError: a number is missing or out of range, an environment
+      variable is not an integer, or ``auto_detect`` found no cluster.
   """
   coordinator_address = coordinator_address or os.environ.get(
       COORDINATOR_ENV) or None
@@ -135,10 +135,20 @@ def initialize_distributed(coordinator_address: str | None = None,
                      f"{num_processes}) (num_processes={num_processes})")
   if jax.config.jax_cpu_collectives_implementation in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-      coordinator_address=coordinator_address, num_processes=num_processes,
-      process_id=process_id,
-      cluster_detection_method="deactivate" if explicit else None)
+  try:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes,
+        process_id=process_id,
+        cluster_detection_method="deactivate" if explicit else None)
+  except ValueError as error:
+    if explicit:
+      raise
+    raise ValueError(
+        f"JAX found no cluster (SLURM, Open MPI, TPU) to read the run's "
+        f"processes from ({error}); give the coordinator address, the "
+        f"number of processes and this process's id instead (arguments, or "
+        f"{COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})"
+    ) from None
   return True
 
 

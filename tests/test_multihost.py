@@ -264,3 +264,17 @@ def test_a_shard_that_does_not_divide_the_batch_is_refused():
     data.shard_rows((0, 3), 8)
   with pytest.raises(ValueError, match="0 <= index < count"):
     data.shard_rows((2, 2), 8)
+
+
+def test_auto_detection_outside_a_cluster_says_what_to_give():
+  # A child process: jax.distributed may be initialised once per process.
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES",
+                              "JAX_PROCESS_ID", "SLURM_", "OMPI_", "PMI_"))}
+  proc = subprocess.run(
+      [sys.executable, "-c", "from nngk_jax import parallel; "
+       "parallel.initialize_distributed(auto_detect=True)"],
+      env=dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "JAX found no cluster" in proc.stderr, proc.stderr[-2000:]
