@@ -51,7 +51,8 @@ from jax.sharding import PartitionSpec as P
 
 from nngk_jax import checks
 
-__all__ = ["AXES", "batch_sharding", "broadcast_from_primary", "fetch",
+__all__ = ["AXES", "any_process", "batch_sharding", "broadcast_from_primary",
+           "fetch",
            "gather_blocks",
            "initialize_distributed", "is_primary", "make_mesh",
            "mesh_devices", "num_devices", "place_state", "process_shard",
@@ -319,6 +320,13 @@ def gather_blocks(local: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(local)[None]
   return np.asarray(multihost_utils.process_allgather(np.asarray(local)))
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true in any process (``flag`` itself in one)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def broadcast_from_primary(tree: Any) -> Any:

@@ -28,6 +28,7 @@ import math
 import os
 import pathlib
 import runpy
+import signal
 import sys
 import time
 from typing import Any, Iterator
@@ -65,6 +66,11 @@ __all__ = [
     "train_epoch",
     "validate_config",
 ]
+
+# Several processes: each one's signal flag rides in its rows of the batch
+# under this key, and the step's metrics say whether any process had one,
+# so that all stop at the same step (train_epoch).
+STOP_SIGNAL = "stop_signal"
 
 # Config fields that may change when a run is resumed from its workdir.
 # Training stops as diverged when the parameter norm grows past this factor
@@ -143,6 +149,8 @@ def make_train_step(config, num_classes: int | None = None,
                   jax.lax.stop_gradient(embedding_norm))
 
   def train_step(state: statelib.TrainState, batch):
+    batch = dict(batch)
+    signalled = batch.pop(STOP_SIGNAL, None)
     # The bank's trainable rows (impostors' sparse centres), if any, are
     # differentiated beside the parameters and updated by the bank itself.
     rows = None if bank is None else bank.trainable_rows(state.bank, batch)
@@ -157,6 +165,8 @@ def make_train_step(config, num_classes: int | None = None,
                     "grad_norm": optax.global_norm((grads, row_grads)),
                     "param_norm": optax.global_norm(new_state.params),
                     "embedding_norm": embedding_norm}
+    if signalled is not None:
+      step_metrics[STOP_SIGNAL] = jnp.any(signalled)
     return new_state, step_metrics
 
   if mesh is None:
@@ -278,7 +288,9 @@ def train_epoch(state, train_step, split, config, epoch,
     carried: ``partial`` sums of those steps (from the checkpoint), so the
       epoch's mean loss counts them.
     stop: read between steps; once it holds a signal the pass ends at that
-      step boundary, after ``save_partial``.
+      step boundary, after ``save_partial`` (several processes: at the same
+      step in all, the one after the first step whose metrics show any
+      process's signal).
     save_partial: ``save_partial(state, steps_done, partial)`` saves a
       mid-epoch checkpoint; called on a signal and every
       ``config.checkpoint_every_steps`` steps (never after the last step:
@@ -303,10 +315,16 @@ def train_epoch(state, train_step, split, config, epoch,
              disable=not config.progress, leave=False, dynamic_ncols=True)
   carried = carried or {}
   losses_seen, norms_seen, pending = [], [], None
+  # Several processes: the signal flags travel with the batches (STOP_SIGNAL).
+  signal_in_batch = stop is not None and jax.process_count() > 1
+  signalled = False
   start = time.perf_counter()
   warm_start, warm_images = None, 0
 
   def check(step_metrics, step_in_epoch):
+    nonlocal signalled
+    if STOP_SIGNAL in step_metrics:
+      signalled = signalled or bool(step_metrics[STOP_SIGNAL])
     loss = float(step_metrics["loss"])
     param_norm = float(step_metrics["param_norm"])
     where = f"at epoch {epoch + 1}, step {step_in_epoch + 1} of {num_steps}"
@@ -331,6 +349,8 @@ def train_epoch(state, train_step, split, config, epoch,
   stream = batches(split, config, epoch, bank, first_batch=first_step,
                    shard=shard)
   for step_in_epoch, batch in enumerate(stream, start=first_step):
+    if signal_in_batch:
+      batch[STOP_SIGNAL] = np.full(len(batch["index"]), stop.signum is not None)
     state, step_metrics = train_step(state, batch)
     # Check the previous step while this one runs (no pipeline stall).
     if pending is not None:
@@ -347,7 +367,8 @@ def train_epoch(state, train_step, split, config, epoch,
     bar.update()
     done = step_in_epoch + 1
     # A flag and a counter: no device synchronisation unless saving.
-    stopping = stop is not None and stop.signum is not None
+    stopping = signalled if signal_in_batch else (
+        stop is not None and stop.signum is not None)
     if save_partial is not None and done < num_steps and (
         stopping or (every and done % every == 0)):
       check(*pending)  # never save a diverged state
@@ -428,12 +449,20 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
     store.close()
 
 
+def _signalled(stop: interrupts.StopOnSignal) -> bool:
+  """Whether a signal arrived here or (several processes) in any process."""
+  return parallel.any_process(stop.signum is not None)
+
+
 def _interrupted(stop: interrupts.StopOnSignal, workdir: pathlib.Path,
                  where: str) -> TrainingInterrupted:
+  what = (f"{stop.name} received" if stop.signum is not None
+          else "another process received a signal")
   return TrainingInterrupted(
-      f"{stop.name} received: training stopped {where}; the checkpoint is "
+      f"{what}: training stopped {where}; the checkpoint is "
       f"saved in {workdir / 'checkpoints'}. Rerun the same command (same "
-      f"--workdir) to resume from there.", stop.signum)
+      f"--workdir) to resume from there.",
+      signal.SIGTERM if stop.signum is None else stop.signum)
 
 
 def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
@@ -491,7 +520,7 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
       float(optax.global_norm(state.params)), 1.0)
   final = None
   for epoch in range(start_epoch, config.num_epochs):
-    if stop.signum is not None:  # arrived during the last evaluation
+    if _signalled(stop):  # arrived during the last evaluation
       raise _interrupted(stop, workdir, f"after epoch {epoch}")
     first_step = start_step if epoch == start_epoch else 0
     record: dict[str, Any] = {"epoch": epoch + 1}
@@ -528,7 +557,7 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
     history.append(record)
     if primary:
       _write_history(history_path, history)
-    if stop.signum is not None:
+    if _signalled(stop):
       raise _interrupted(stop, workdir, f"after epoch {epoch + 1}, before "
                          f"its evaluation")
     last = epoch + 1 == config.num_epochs

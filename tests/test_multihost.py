@@ -106,6 +106,23 @@ CHILD = textwrap.dedent(r"""
       store = checkpoint.CheckpointStore(out / "steps", {"test": 1})
       store.save(0, state, number=4)  # every process saves its shards
       store.close()
+      # A signal reaching process 1 alone (before its second step of an
+      # epoch): both processes stop at the same step, each saving there.
+      import signal
+      class Stop:
+        signum = None
+      stop, calls, saved = Stop(), [], []
+      def step_then_signal(state, batch):
+        calls.append(1)
+        if len(calls) == 2 and jax.process_index() == 1:
+          stop.signum = signal.SIGTERM
+        return step(state, batch)
+      _, stats = train.train_epoch(
+          state, step_then_signal, dataset.train, config, 1, bank,
+          workdir=out, stop=stop, shard=shard,
+          save_partial=lambda state, done, partial: saved.append(done))
+      result["stopped_after"] = parallel.gather_blocks(np.array(
+          [stats.get("stopped_after_step", -1), saved[-1]])).tolist()
       if jax.process_index() == 0:
         np.savez(out / "multi.npz", **leaves)
         (out / "multi.json").write_text(json.dumps(result))
@@ -190,6 +207,9 @@ def test_two_processes_train_like_one(tmp_path):
   # PyNNDescent graph is process 0's in both processes.
   assert two["graph"] == one["graph"]
   assert two["broadcast_gave_primary_graph"] == [True, True]
+  # Process 1's signal stopped both after the same step (its flag rode in
+  # its third batch; that step's metrics were read after the fourth).
+  assert two["stopped_after"] == [[4, 4], [4, 4]], two["stopped_after"]
   # Four steps (BatchNorm over the global batch): float32 tolerance.
   assert one["max_diff"] < 1e-5 * max(one["scale"], 1.0), one
   for a, b in zip(one["losses"], two["losses"]):
