@@ -142,7 +142,14 @@ CHILD = textwrap.dedent(r"""
     result["restored_diff"] = max(
         float(np.max(np.abs(np.asarray(a) - multi[str(i)])))
         for i, a in enumerate(restored_leaves))
-    # The run the 2-process command line trained, resumed for an epoch more.
+    # The run the 2-process command line trained, resumed for an epoch more
+    # from its mid-epoch checkpoint (the epoch's last one removed): the
+    # graph the 2 processes saved finishes the epoch here.
+    import shutil
+    saved = out / "run" / "checkpoints"
+    numbers = sorted(int(p.name) for p in saved.iterdir() if p.name.isdigit())
+    shutil.rmtree(saved / str(numbers[-1]))
+    result["resumed_from"] = numbers[-2]
     resumed = configs.load_config(configs.CONFIG_DIR / "digits.py")
     configs.apply_overrides(resumed, overrides)
     resumed.num_epochs = 2
@@ -152,7 +159,7 @@ CHILD = textwrap.dedent(r"""
 
 # The command line's run in two processes: one epoch, tiny.
 OVERRIDES = ["batch_size=32", "num_epochs=1", "progress=False", "nmi=False",
-             "nngk.k=16", "model.embed_dim=16"]
+             "nngk.k=16", "model.embed_dim=16", "checkpoint_every_steps=10"]
 
 
 def _free_port() -> int:
@@ -220,6 +227,7 @@ def test_two_processes_train_like_one(tmp_path):
   history = [json.loads(l) for l in
              (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in history] == [1, 2]
+  assert one["resumed_from"] == 20  # mid-epoch: step 20 of 28
   assert one["resumed"]["epochs"] == 2 and one["resumed"]["recall@1"] > 0.5
 
 
