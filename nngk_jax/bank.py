@@ -53,6 +53,7 @@ import optax
 from nngk_jax import checks
 from nngk_jax import compress as compresslib
 from nngk_jax import neighbours as neighbourlib
+from nngk_jax import parallel
 
 __all__ = ["BankState", "BankView", "CentreBank", "has_positive",
            "update_batch_centres"]
@@ -330,7 +331,7 @@ class CentreBank:
       record["graph_seconds"] = 0.0  # exposed: none
     elif self.graph is None or rebuild:  # first graph, resume, or in line
       self._cancel_pending()
-      graph, positive, seconds = self._build(np.asarray(state.centres))
+      graph, positive, seconds = self._build_shared(np.asarray(state.centres))
       self._install(graph, positive)
       record["graph_seconds"] = seconds
       record["missing_positive_fraction"] = float(np.mean(~positive))
@@ -343,6 +344,32 @@ class CentreBank:
         centres, k=self.k, backend=self.graph_backend,
         centre_labels=self.labels, num_same_class=self.num_same_class,
         seed=self.seed)
+    return graph, has_positive(graph, self.labels), time.perf_counter() - start
+
+  def _build_shared(self, centres: np.ndarray):
+    """:meth:`_build`, the same graph in every process of a multi-process run.
+
+    The exact backend computes the same graph from the same centres in each
+    process, so each builds its own. PyNNDescent's graph depends on numba's
+    thread count (40,000 random points, k=16: 1 and 2 threads gave two
+    graphs; the same count, the same graph), so process 0 builds it and
+    broadcasts it. (A background build, :meth:`_submit`, stays per process:
+    no collective runs outside the main thread. Each process reads only its
+    own rows' neighbours, so graphs that differ by a few approximate
+    neighbours leave the run consistent.)
+    """
+    if jax.process_count() == 1 or self.graph_backend == "exact":
+      return self._build(centres)
+    start = time.perf_counter()
+    shape = (self.num_centres, self.k + self.num_same_class)
+    arrays = {"indices": np.zeros(shape, np.int32),
+              "mask": np.zeros(shape, bool)}
+    if parallel.is_primary():
+      graph, _, _ = self._build(centres)
+      arrays = {"indices": graph.indices, "mask": graph.mask}
+    arrays = parallel.broadcast_from_primary(arrays)
+    graph = neighbourlib.NeighbourGraph(arrays["indices"], arrays["mask"],
+                                        self.num_same_class)
     return graph, has_positive(graph, self.labels), time.perf_counter() - start
 
   def _install(self, graph, positive) -> None:
@@ -508,4 +535,4 @@ class CentreBank:
     """Host copy of the log-weights (``None`` when not learned)."""
     if not self.learns_weights:
       return None
-    return np.asarray(params["bank"]["log_weights"])
+    return np.asarray(parallel.fetch(params["bank"]["log_weights"]))

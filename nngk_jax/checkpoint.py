@@ -13,6 +13,13 @@ the previous checkpoint intact. Checkpoints are numbered by the global
 training step (epochs before this version: by the epoch), so the newest is
 the one with the largest number either way.
 
+In a multi-process run every process calls :meth:`CheckpointStore.save`
+and :meth:`~CheckpointStore.restore_latest` (Orbax's ``CheckpointManager``
+is multi-process aware: each process writes its own shards, process 0 the
+metadata). A checkpoint is restored into the current process's target
+shapes and then re-placed for the current mesh, so a run resumes on any
+number of processes or devices (resharded, never refused for its count).
+
 At an epoch's end the neighbour graph is not saved: it is a function of the
 centres and is rebuilt on resume. A mid-epoch checkpoint saves the graph the
 epoch started with, so that the rest of the epoch resumes exactly.
@@ -30,6 +37,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 __all__ = ["FORMAT", "CheckpointStore", "ConfigMismatchError", "Restored",
            "config_differences"]
@@ -220,6 +228,10 @@ class CheckpointStore:
     later = [n for n in self._manager.all_steps() if n >= number]
     if not later:
       return
+    if jax.process_index() != 0:  # several processes: process 0 moves them
+      multihost_utils.sync_global_devices("nngk_jax.checkpoint.set_aside")
+      self._manager.reload()
+      return
     aside = self.directory.with_name(self.directory.name + "_unreadable")
     aside.mkdir(exist_ok=True)
     for n in later:
@@ -231,6 +243,8 @@ class CheckpointStore:
       print(f"warning: the unreadable checkpoint {self.directory / str(n)} "
             f"is replaced by a new one and moved to {target}",
             file=sys.stderr)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("nngk_jax.checkpoint.set_aside")
     self._manager.reload()
 
   def _numbers_newest_first(self) -> list[int]:

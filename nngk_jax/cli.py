@@ -10,6 +10,13 @@ unreadable image files: that line, then one line per file);
 training at the next step boundary with a checkpoint, prints where and the
 command that resumes, and exits with 130 or 143
 (:mod:`nngk_jax.interrupts`); a second Ctrl-C exits at once.
+
+Several processes (one per host, docs/distributed.md): ``--coordinator
+HOST:PORT --num-processes N --process-id I`` (or ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; or ``--distributed`` to let JAX
+detect a SLURM or Open MPI job) start ``jax.distributed`` before any other
+JAX work (:func:`nngk_jax.parallel.initialize_distributed`); every process
+runs the same command with the same ``--workdir``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from nngk_jax import checks
 from nngk_jax import configs
 from nngk_jax import data as datalib
 from nngk_jax import interrupts
+from nngk_jax import parallel
 from nngk_jax import train
 from nngk_jax import workdir as workdirlib
 
@@ -66,11 +74,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="output and checkpoint directory; rerun to resume")
   parser.add_argument("--verbose", action="store_true",
                       help="show the traceback of an error")
+  parser.add_argument("--coordinator", help="several processes: HOST:PORT of "
+                      "process 0's coordinator (or JAX_COORDINATOR_ADDRESS)")
+  parser.add_argument("--num-processes", type=int, help="several processes: "
+                      "how many (or JAX_NUM_PROCESSES)")
+  parser.add_argument("--process-id", type=int, help="several processes: this "
+                      "one's id, 0..N-1 (or JAX_PROCESS_ID)")
+  parser.add_argument("--distributed", action="store_true",
+                      help="several processes, detected by JAX (SLURM, Open "
+                      "MPI) when the three above are not given")
   parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
   if argv is None:
     argv = sys.argv[1:]
   args = parser.parse_intermixed_args(argv)
   try:
+    parallel.initialize_distributed(
+        args.coordinator, args.num_processes, args.process_id,
+        auto_detect=args.distributed)
     if args.dataset is not None:  # a registered name, never a file path
       datalib.check_dataset_name(args.dataset)
     config_path = args.config or configs.config_for_dataset(
@@ -108,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
       raise
     print(f"error: {one_line(error)}", file=sys.stderr)
     return 1
-  print(json.dumps(metrics, indent=2))
+  if parallel.is_primary():
+    print(json.dumps(metrics, indent=2))
   return 0
 
 

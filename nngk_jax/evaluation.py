@@ -23,6 +23,7 @@ from nngk_jax import loss as losses
 from nngk_jax import metrics as metriclib
 from nngk_jax import neighbours as neighbourlib
 from nngk_jax import objectives
+from nngk_jax import parallel
 from nngk_jax.state import TrainState
 
 __all__ = ["RAW_PIXEL_LIMIT", "embed_split", "evaluate", "in_geometry",
@@ -45,9 +46,17 @@ def embed_split(state: TrainState, split: datalib.Split,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
   """Eval-mode embeddings (and logits) of a whole split, in split order.
 
+  In a multi-process run each process embeds its block of every batch
+  (:func:`nngk_jax.parallel.process_shard`'s blocks, ``batch_size``
+  rounded up to a multiple of the process count) with a host copy of the
+  parameters, and the blocks are all-gathered back into split order: every
+  process returns the same whole arrays.
+
   Returns:
     ``(embeddings [N, D], logits [N, C] or None)`` as numpy arrays.
   """
+  if jax.process_count() > 1:
+    return _embed_split_by_process(state, split, batch_size)
   embed = _embed_fn(state.apply_fn)
   variables = state.network_variables()
   batch_size = min(batch_size, len(split))
@@ -61,6 +70,35 @@ def embed_split(state: TrainState, split: datalib.Split,
       logits.append(np.asarray(lg)[keep])
   return (np.concatenate(embeddings),
           np.concatenate(logits) if logits else None)
+
+
+def _embed_split_by_process(state: TrainState, split: datalib.Split,
+                            batch_size: int):
+  """:func:`embed_split` with each process embedding its share."""
+  embed = _embed_fn(state.apply_fn)
+  # The whole parameters on this process's first device, once.
+  variables = jax.device_put(parallel.fetch(state.network_variables()),
+                             jax.local_devices()[0])
+  count = jax.process_count()
+  batch_size = -(-min(batch_size, len(split)) // count) * count
+  shard = (jax.process_index(), count)
+  embeddings, logits = [], []
+  for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
+                                       shuffle=False, drop_last=False,
+                                       shard=shard):
+    emb, lg = embed(variables, batch["image"])
+    embeddings.append(np.asarray(emb))
+    if lg is not None:
+      logits.append(np.asarray(lg))
+
+  def whole(blocks):
+    # [processes, batches * block, ...] -> batches in order, padding cut.
+    gathered = parallel.gather_blocks(np.concatenate(blocks))
+    per_batch = gathered.reshape(count, len(blocks), -1,
+                                 *gathered.shape[2:]).swapaxes(0, 1)
+    return per_batch.reshape(-1, *gathered.shape[2:])[:len(split)]
+
+  return whole(embeddings), whole(logits) if logits else None
 
 
 def in_geometry(embeddings: np.ndarray, geometry: str) -> np.ndarray:

@@ -46,6 +46,7 @@ import numpy as np
 
 from nngk_jax import bank as banklib
 from nngk_jax import geometry
+from nngk_jax import parallel
 
 __all__ = ["ImpostorBank", "ImpostorState", "OPTIMIZERS", "VARIANTS",
            "sparse_adam_update", "tie_weight"]
@@ -225,9 +226,10 @@ class ImpostorBank(banklib.CentreBank):
     """Fixed and loose: the impostors themselves; tied: ``None`` (embed)."""
     if self.variant == "tied":
       return None
+    centres = parallel.fetch(state.centres)  # whole, in every process
     if self.trains_centres and self.on_sphere:
-      return np.asarray(geometry.l2_normalize(state.centres))
-    return np.asarray(state.centres)
+      return np.asarray(geometry.l2_normalize(centres))
+    return np.asarray(centres)
 
   # -- inside jit ---------------------------------------------------------------
 

@@ -22,11 +22,13 @@ Python, ready for sharding annotations. The command line is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import runpy
+import signal
 import sys
 import time
 from typing import Any, Iterator
@@ -64,6 +66,11 @@ __all__ = [
     "train_epoch",
     "validate_config",
 ]
+
+# Several processes: each one's signal flag rides in its rows of the batch
+# under this key, and the step's metrics say whether any process had one,
+# so that all stop at the same step (train_epoch).
+STOP_SIGNAL = "stop_signal"
 
 # Config fields that may change when a run is resumed from its workdir.
 # Training stops as diverged when the parameter norm grows past this factor
@@ -142,6 +149,8 @@ def make_train_step(config, num_classes: int | None = None,
                   jax.lax.stop_gradient(embedding_norm))
 
   def train_step(state: statelib.TrainState, batch):
+    batch = dict(batch)
+    signalled = batch.pop(STOP_SIGNAL, None)
     # The bank's trainable rows (impostors' sparse centres), if any, are
     # differentiated beside the parameters and updated by the bank itself.
     rows = None if bank is None else bank.trainable_rows(state.bank, batch)
@@ -156,6 +165,8 @@ def make_train_step(config, num_classes: int | None = None,
                     "grad_norm": optax.global_norm((grads, row_grads)),
                     "param_norm": optax.global_norm(new_state.params),
                     "embedding_norm": embedding_norm}
+    if signalled is not None:
+      step_metrics[STOP_SIGNAL] = jnp.any(signalled)
     return new_state, step_metrics
 
   if mesh is None:
@@ -211,6 +222,11 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
                      f"training split ({n_train} images)")
   if objective.defaults:
     objectives.loss_options(config, objective.name)  # unknown options raise
+  if objective.prepare_batch is not None and jax.process_count() > 1:
+    raise ValueError(
+        f"objective {objective.name!r} prepares each batch from all its rows "
+        f"on the host, which a multi-process run does not hold in one "
+        f"process; train it in one process")
   sampler = sampler_name(config)
   if sampler == "class_balanced":
     per_class = config.samples_per_class
@@ -228,22 +244,26 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
 
 def batches(split, config, epoch: int,
             bank: banklib.CentreBank | None = None, *,
-            first_batch: int = 0) -> Iterator[dict]:
+            first_batch: int = 0,
+            shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """The sampler's batches, plus the bank's and ``prepare_batch``'s arrays.
 
   ``first_batch`` skips the epoch's first batches without reading them; the
-  rest are those of a full pass (a run resumed mid-epoch).
+  rest are those of a full pass (a run resumed mid-epoch). ``shard`` yields
+  one process's block of each batch's rows
+  (:func:`nngk_jax.parallel.process_shard`).
   """
   objective = objectives.get_objective(config.objective)
   if sampler_name(config) == "class_balanced":
     stream = datalib.iterate_class_balanced_batches(
         split, config.batch_size // config.samples_per_class,
         config.samples_per_class, seed=config.seed, epoch=epoch,
-        augment=True, first_batch=first_batch)
+        augment=True, first_batch=first_batch, shard=shard)
   else:
     stream = datalib.iterate_batches(split, config.batch_size,
                                      seed=config.seed, epoch=epoch,
-                                     augment=True, first_batch=first_batch)
+                                     augment=True, first_batch=first_batch,
+                                     shard=shard)
   for batch in stream:
     if bank is not None:
       batch.update(bank.batch_extras(batch["index"]))
@@ -257,7 +277,9 @@ def train_epoch(state, train_step, split, config, epoch,
                 workdir, param_norm_limit: float = math.inf,
                 first_step: int = 0, carried: dict | None = None,
                 stop: interrupts.StopOnSignal | None = None,
-                save_partial=None) -> tuple[statelib.TrainState, dict]:
+                save_partial=None,
+                shard: tuple[int, int] = (0, 1)
+                ) -> tuple[statelib.TrainState, dict]:
   """One pass over the training split; returns the state and epoch stats.
 
   Args:
@@ -266,11 +288,16 @@ def train_epoch(state, train_step, split, config, epoch,
     carried: ``partial`` sums of those steps (from the checkpoint), so the
       epoch's mean loss counts them.
     stop: read between steps; once it holds a signal the pass ends at that
-      step boundary, after ``save_partial``.
+      step boundary, after ``save_partial`` (several processes: at the same
+      step in all, the one after the first step whose metrics show any
+      process's signal).
     save_partial: ``save_partial(state, steps_done, partial)`` saves a
       mid-epoch checkpoint; called on a signal and every
       ``config.checkpoint_every_steps`` steps (never after the last step:
       the epoch's own checkpoint follows).
+    shard: this process's block of each global batch (several processes:
+      :func:`nngk_jax.parallel.process_shard`); ``train_step`` assembles
+      the global batch.
 
   Returns:
     ``(state, stats)``; a pass ended by a signal returns only
@@ -288,10 +315,16 @@ def train_epoch(state, train_step, split, config, epoch,
              disable=not config.progress, leave=False, dynamic_ncols=True)
   carried = carried or {}
   losses_seen, norms_seen, pending = [], [], None
+  # Several processes: the signal flags travel with the batches (STOP_SIGNAL).
+  signal_in_batch = stop is not None and jax.process_count() > 1
+  signalled = False
   start = time.perf_counter()
   warm_start, warm_images = None, 0
 
   def check(step_metrics, step_in_epoch):
+    nonlocal signalled
+    if STOP_SIGNAL in step_metrics:
+      signalled = signalled or bool(step_metrics[STOP_SIGNAL])
     loss = float(step_metrics["loss"])
     param_norm = float(step_metrics["param_norm"])
     where = f"at epoch {epoch + 1}, step {step_in_epoch + 1} of {num_steps}"
@@ -313,8 +346,11 @@ def train_epoch(state, train_step, split, config, epoch,
             "norm_sum": carried.get("norm_sum", 0.0) + float(np.sum(norms_seen)),
             "count": carried.get("count", 0) + len(losses_seen)}
 
-  stream = batches(split, config, epoch, bank, first_batch=first_step)
+  stream = batches(split, config, epoch, bank, first_batch=first_step,
+                   shard=shard)
   for step_in_epoch, batch in enumerate(stream, start=first_step):
+    if signal_in_batch:
+      batch[STOP_SIGNAL] = np.full(len(batch["index"]), stop.signum is not None)
     state, step_metrics = train_step(state, batch)
     # Check the previous step while this one runs (no pipeline stall).
     if pending is not None:
@@ -331,7 +367,8 @@ def train_epoch(state, train_step, split, config, epoch,
     bar.update()
     done = step_in_epoch + 1
     # A flag and a counter: no device synchronisation unless saving.
-    stopping = stop is not None and stop.signum is not None
+    stopping = signalled if signal_in_batch else (
+        stop is not None and stop.signum is not None)
     if save_partial is not None and done < num_steps and (
         stopping or (every and done % every == 0)):
       check(*pending)  # never save a diverged state
@@ -393,7 +430,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dataset = datalib.load_dataset(config.dataset, **dict(config.data))
   validate_config(config, dataset)
   _, bank, state = init_run(config, dataset)  # the bank checks its settings
-  with workdirlib.WorkdirLock(workdir):
+  # Several processes share the work directory: process 0 holds its lock.
+  lock = (workdirlib.WorkdirLock(workdir) if parallel.is_primary()
+          else contextlib.nullcontext())
+  with lock:
     return _train_locked(config, workdir, dataset, bank, state)
 
 
@@ -409,20 +449,33 @@ def _train_locked(config, workdir: pathlib.Path, dataset, bank, state) -> dict:
     store.close()
 
 
+def _signalled(stop: interrupts.StopOnSignal) -> bool:
+  """Whether a signal arrived here or (several processes) in any process."""
+  return parallel.any_process(stop.signum is not None)
+
+
 def _interrupted(stop: interrupts.StopOnSignal, workdir: pathlib.Path,
                  where: str) -> TrainingInterrupted:
+  what = (f"{stop.name} received" if stop.signum is not None
+          else "another process received a signal")
   return TrainingInterrupted(
-      f"{stop.name} received: training stopped {where}; the checkpoint is "
+      f"{what}: training stopped {where}; the checkpoint is "
       f"saved in {workdir / 'checkpoints'}. Rerun the same command (same "
-      f"--workdir) to resume from there.", stop.signum)
+      f"--workdir) to resume from there.",
+      signal.SIGTERM if stop.signum is None else stop.signum)
 
 
 def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
                   store: checkpointing.CheckpointStore,
                   stop: interrupts.StopOnSignal) -> dict:
-  (workdir / "config.json").write_text(
-      json.dumps(_config_dict(config), indent=2) + "\n")
-  if dataset.unreadable:
+  # Several processes: process 0 writes the run's files (the checkpoints
+  # are written by all, through Orbax).
+  primary = parallel.is_primary()
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(
+        json.dumps(_config_dict(config), indent=2) + "\n")
+  if dataset.unreadable and primary:
     report = workdirlib.write_atomically(
         workdir / "unreadable_files.txt",
         "".join(f"{path}\t{reason}\n"
@@ -460,13 +513,14 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
 
   mesh = parallel.make_mesh(config)
   state = parallel.place_state(state, mesh)
+  shard = parallel.process_shard(mesh, config.batch_size)
   train_step = make_train_step(config, dataset.train.num_classes, bank,
                                mesh=mesh, state=state)
   param_norm_limit = DIVERGENCE_FACTOR * max(
       float(optax.global_norm(state.params)), 1.0)
   final = None
   for epoch in range(start_epoch, config.num_epochs):
-    if stop.signum is not None:  # arrived during the last evaluation
+    if _signalled(stop):  # arrived during the last evaluation
       raise _interrupted(stop, workdir, f"after epoch {epoch}")
     first_step = start_step if epoch == start_epoch else 0
     record: dict[str, Any] = {"epoch": epoch + 1}
@@ -490,7 +544,7 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
         workdir=workdir, param_norm_limit=param_norm_limit,
         first_step=first_step,
         carried=resumed_extra.get("partial") if first_step else None,
-        stop=stop, save_partial=save_partial)
+        stop=stop, save_partial=save_partial, shard=shard)
     if "stopped_after_step" in stats:
       raise _interrupted(stop, workdir, (
           f"in epoch {epoch + 1} after step {stats['stopped_after_step']} "
@@ -501,17 +555,20 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
     # Before evaluating: the epoch is safe.
     store.save(epoch + 1, state, number=(epoch + 1) * num_steps)
     history.append(record)
-    _write_history(history_path, history)
-    if stop.signum is not None:
+    if primary:
+      _write_history(history_path, history)
+    if _signalled(stop):
       raise _interrupted(stop, workdir, f"after epoch {epoch + 1}, before "
                          f"its evaluation")
     last = epoch + 1 == config.num_epochs
     if last or (epoch + 1) % config.eval_every == 0:
       final = evaluation.evaluate(state, dataset, config, bank)
       record.update(final)
-      _write_history(history_path, history)
-    plotting.plot_history(history, str(workdir) + os.sep)
-    _print_record(record)
+      if primary:
+        _write_history(history_path, history)
+    if primary:
+      plotting.plot_history(history, str(workdir) + os.sep)
+      _print_record(record)
 
   if final is None:  # nothing trained now: a finished run, re-evaluated
     final = evaluation.evaluate(state, dataset, config, bank)
@@ -523,7 +580,8 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
           f"Recall@1 {final['recall@1']:.3f}, MAP@R {final['map@r']:.3f}; raw "
           f"pixels Recall@1 {baseline['recall@1']:.3f}, MAP@R "
           f"{baseline['map@r']:.3f}", file=sys.stderr)
-  (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+  if primary:
+    (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
   return final
 
 

@@ -59,6 +59,7 @@ from nngk_jax.data.splits import Split
 from nngk_jax.data.splits import SplitLike
 from nngk_jax.data.splits import UnreadableImagesError
 from nngk_jax.data.splits import check_labels
+from nngk_jax.data.splits import shard_rows
 from nngk_jax.data.tasks import TASK_STREAMS
 from nngk_jax.data.tasks import TaskStream
 from nngk_jax.data.tasks import load_task_stream
@@ -87,4 +88,5 @@ __all__ = [
     "load_task_stream",
     "num_batches",
     "read_image",
+    "shard_rows",
 ]

@@ -450,7 +450,9 @@ class ImageSplit:
 
   def load_batches(self, index_batches: Sequence[np.ndarray], *,
                    augment: bool, seed: int, epoch: int,
-                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                   first_batch: int = 0,
+                   shard: tuple[int, int] = (0, 1)
+                   ) -> Iterator[dict[str, np.ndarray]]:
     """The batches of examples at ``index_batches``, in order, via grain.
 
     Args:
@@ -461,6 +463,11 @@ class ImageSplit:
       epoch: the epoch number.
       first_batch: batches skipped without being read; the others get the
         random choices they would get in a full pass (a resumed epoch).
+      shard: ``(index, count)``: only block ``index`` of ``count`` equal
+        contiguous blocks of each batch's rows is read
+        (:func:`~nngk_jax.data.splits.shard_rows`; one process's share of a
+        global batch), each row with the random choices it has in the
+        whole batch.
 
     Returns:
       An iterator of ``{"image": [batch, crop, crop, 3] float32, "label":
@@ -481,7 +488,12 @@ class ImageSplit:
     else:
       dataset = positions.map(reader)
     # Sliced after random_map: each record keeps its position's randomness.
-    dataset = dataset[first_batch * batch_size:].batch(batch_size)
+    block = splits.shard_rows(shard, batch_size)
+    dataset = dataset[first_batch * batch_size:].batch(block.stop - block.start)
+    if tuple(shard) != (0, 1):
+      # Blocks of a batch follow each other: this process's are every
+      # count-th, from its index (grain reads only the records asked for).
+      dataset = dataset[shard[0]::shard[1]]
     dataset = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=self.options.num_threads,
         prefetch_buffer_size=self.options.prefetch))

@@ -71,8 +71,9 @@ def _check_first_batch(first_batch: int, num: int) -> None:
 
 def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
                     epoch: int, shuffle: bool = True, drop_last: bool = True,
-                    augment: bool = False,
-                    first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                    augment: bool = False, first_batch: int = 0,
+                    shard: tuple[int, int] = (0, 1)
+                    ) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of batches over ``split``.
 
   The order is ``np.random.default_rng([seed, epoch]).permutation(len(split))``
@@ -96,6 +97,10 @@ def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
       :class:`~nngk_jax.data.pipeline.ImageSplit`; in-memory splits ignore it.
     first_batch: start at this batch of the epoch (a run resumed
       mid-epoch): the batches that follow are exactly those of a full pass.
+    shard: ``(index, count)``: yield only block ``index`` of ``count`` equal
+      contiguous blocks of each batch's rows
+      (:func:`~nngk_jax.data.splits.shard_rows`): one process's share of
+      the global batch in a multi-process run, read alone.
 
   Returns:
     An iterator of ``{"image": [batch, H, W, C] float32, "label": [batch]
@@ -131,17 +136,19 @@ def iterate_batches(split: splits.SplitLike, batch_size: int, *, seed: int,
     index_batches.append(indices)
     valid.append(np.arange(batch_size) < num_valid)
   _check_first_batch(first_batch, len(index_batches))
+  rows = splits.shard_rows(shard, batch_size)
   batches = split.load_batches(index_batches, augment=augment, seed=seed,
-                               epoch=epoch, first_batch=first_batch)
+                               epoch=epoch, first_batch=first_batch,
+                               shard=shard)
   for batch, batch_valid in zip(batches, valid[first_batch:]):
-    batch["valid"] = batch_valid
+    batch["valid"] = batch_valid[rows]
     yield batch
 
 
 def iterate_class_balanced_batches(
     split: splits.SplitLike, classes_per_batch: int, samples_per_class: int, *,
-    seed: int, epoch: int, augment: bool = False,
-    first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    seed: int, epoch: int, augment: bool = False, first_batch: int = 0,
+    shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of m-per-class batches (``classes_per_batch`` x ``samples_per_class``).
 
   Each batch draws ``classes_per_batch`` distinct classes and
@@ -160,6 +167,7 @@ def iterate_class_balanced_batches(
     epoch: the epoch number.
     augment: as in :func:`iterate_batches`.
     first_batch: as in :func:`iterate_batches`.
+    shard: as in :func:`iterate_batches`.
 
   Returns:
     An iterator of batch dicts as :func:`iterate_batches` yields.
@@ -195,7 +203,9 @@ def iterate_class_balanced_batches(
                    replace=len(by_class[c]) < samples_per_class)
         for c in classes]))
   _check_first_batch(first_batch, len(index_batches))
+  rows = splits.shard_rows(shard, batch_size)
   for batch in split.load_batches(index_batches, augment=augment, seed=seed,
-                                  epoch=epoch, first_batch=first_batch):
-    batch["valid"] = np.ones(batch_size, bool)
+                                  epoch=epoch, first_batch=first_batch,
+                                  shard=shard):
+    batch["valid"] = np.ones(rows.stop - rows.start, bool)
     yield batch

@@ -38,6 +38,7 @@ __all__ = [
     "build_dataset",
     "check_fraction",
     "check_labels",
+    "shard_rows",
     "remap_labels",
 ]
 
@@ -122,6 +123,30 @@ def check_labels(labels: Sequence[int] | np.ndarray, class_names: Sequence[str],
   return labels, class_names
 
 
+def shard_rows(shard: tuple[int, int], batch_size: int) -> slice:
+  """The rows of a ``batch_size``-row batch that ``shard`` reads.
+
+  ``shard = (index, count)``: block ``index`` of ``count`` equal contiguous
+  blocks (one process's share of a global batch); ``(0, 1)`` is the whole
+  batch.
+
+  Raises:
+    ValueError: ``count`` does not divide ``batch_size``, or ``index`` is
+      not in ``[0, count)``.
+
+  Examples:
+    >>> shard_rows((1, 2), 8)
+    slice(4, 8, None)
+  """
+  index, count = (int(v) for v in shard)
+  if count < 1 or not 0 <= index < count or batch_size % count:
+    raise ValueError(
+        f"shard={tuple(shard)} must be (index, count) with 0 <= index < "
+        f"count and count dividing the batch size {batch_size}")
+  block = batch_size // count
+  return slice(index * block, (index + 1) * block)
+
+
 @runtime_checkable
 class SplitLike(Protocol):
   """What the samplers and the trainer use of a split.
@@ -159,14 +184,18 @@ class SplitLike(Protocol):
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
                    augment: bool, seed: int, epoch: int,
-                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                   first_batch: int = 0,
+                   shard: tuple[int, int] = (0, 1)
+                   ) -> Iterator[dict[str, np.ndarray]]:
     """The batches at ``index_batches``, in order (the samplers' path).
 
     ``augment`` asks for the training transform (random crop, flip) where
     the split has one; its random choices are a function of ``(seed,
     epoch, position in the epoch)``. ``first_batch`` skips that many
     batches without reading them; the rest are as they would have been (a
-    run resumed mid-epoch).
+    run resumed mid-epoch). ``shard`` reads only the rows
+    :func:`shard_rows` names of each batch (one process's block of a
+    global batch), with the random choices they have in the whole batch.
     """
 
 
@@ -292,16 +321,22 @@ class Split:
 
   def load_batches(self, index_batches: Iterable[np.ndarray], *,
                    augment: bool, seed: int, epoch: int,
-                   first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """:meth:`get_batch` of each index batch from ``first_batch`` on.
+                   first_batch: int = 0,
+                   shard: tuple[int, int] = (0, 1)
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """:meth:`get_batch` of each index batch (its ``shard`` rows,
+    :func:`shard_rows`) from ``first_batch`` on.
 
     The images are already decoded and normalised, so there is no
     augmentation: ``augment``, ``seed`` and ``epoch`` are accepted (as
     :class:`SplitLike` asks) and ignored.
     """
     del augment, seed, epoch  # In memory: nothing to decode or augment.
-    return (self.get_batch(indices)
-            for indices in list(index_batches)[first_batch:])
+    index_batches = list(index_batches)[first_batch:]
+    if tuple(shard) != (0, 1):
+      rows = shard_rows(shard, len(index_batches[0]) if index_batches else 0)
+      index_batches = [np.asarray(indices)[rows] for indices in index_batches]
+    return (self.get_batch(indices) for indices in index_batches)
 
 
 @dataclasses.dataclass(frozen=True)
