@@ -317,11 +317,14 @@ def phase_big_bank(small: bool) -> dict:
 
 def phase_pipeline(small: bool) -> dict:
   """Input-pipeline images/s by decoding threads and worker processes."""
-  from experiments.bench_pipeline import measure
+  from experiments.bench_pipeline import measure, stage_milliseconds
   num = 2048 if not small else 64
   records = _jpeg_records(num, 256, *size("jpeg", small))
-  settings = ([(16, 0), (32, 0), (1, 8), (2, 8), (1, 16), (2, 16)]
-              if not small else [(2, 0), (1, 2)])
+  stages = stage_milliseconds(records[:64])
+  print("ms per image, one thread:", stages, flush=True)
+  cores = os.cpu_count() or 1
+  settings = ([(1, 0), (4, 0), (cores, 0), (2 * cores, 0), (2, cores // 2)]
+              if not small else [(1, 0), (2, 0), (1, 2)])
   out = []
   for threads, workers in settings:
     for augment in (True, False):
@@ -330,7 +333,7 @@ def phase_pipeline(small: bool) -> dict:
       out.append({"threads": threads, "workers": workers,
                   "augment": augment, "images_per_second": rate})
       print(out[-1], flush=True)
-  return {"num_records": num, "rates": out}
+  return {"num_records": num, "rates": out, "stage_ms": stages}
 
 
 def phase_swap(small: bool) -> dict:
@@ -415,8 +418,10 @@ def format_tables(results: dict) -> str:
     lines.append("")
   pipe = results.get("pipeline")
   if pipe:
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in pipe["stage_ms"].items())
     lines += [f"Input pipeline, {pipe['num_records']:,} JPEGs, resize 256, "
-              f"crop 256 (images/s):", "",
+              f"crop 256 (images/s); ms per image on one thread: {stages}:",
+              "",
               "| threads | worker processes | training transform | "
               "evaluation transform |", "| ---: | ---: | ---: | ---: |"]
     rates = {(r["threads"], r["workers"], r["augment"]): r["images_per_second"]
