@@ -12,6 +12,7 @@ statistics in ``state.batch_stats``.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 from typing import Any
@@ -135,7 +136,11 @@ def create_train_state(rng: jax.Array, config, model: models.EmbeddingNet,
   """Initialises the network, the bank's parameters and arrays, the optimiser."""
   init_rng, state_rng = jax.random.split(rng)
   sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = model.init(init_rng, sample, train=False)
+  # One compiled initialisation: called eagerly, every initialiser is its
+  # own small XLA compilation (104 for conv4, 5.8 s against 2.7 s jitted
+  # on the 2-core CPU; the values are the same).
+  variables = jax.jit(functools.partial(model.init, train=False))(init_rng,
+                                                                  sample)
   params = dict(variables["params"])
   bank_state = None
   if bank is not None:

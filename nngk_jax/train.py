@@ -517,7 +517,7 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
   train_step = make_train_step(config, dataset.train.num_classes, bank,
                                mesh=mesh, state=state)
   param_norm_limit = DIVERGENCE_FACTOR * max(
-      float(optax.global_norm(state.params)), 1.0)
+      float(jax.jit(optax.global_norm)(state.params)), 1.0)  # one compile
   final = None
   for epoch in range(start_epoch, config.num_epochs):
     if _signalled(stop):  # arrived during the last evaluation
