@@ -254,11 +254,16 @@ def _child(phase: str, args: dict, queue) -> None:
                  peak_rss_mib=_peak_rss_mib(), result=out))
 
 
-def run_phase(phase: str, args: dict) -> dict:
-  """Runs ``phase`` in a fresh (spawned) process; returns its report."""
+def run_phase(phase: str, args: dict, child=None) -> dict:
+  """Runs ``phase`` in a fresh (spawned) process; returns its report.
+
+  ``child(phase, args, queue)`` (default: this module's) runs there and puts
+  the report on ``queue``; it must be importable by name (module level).
+  """
   context = multiprocessing.get_context("spawn")
   queue = context.Queue()
-  process = context.Process(target=_child, args=(phase, args, queue))
+  process = context.Process(target=child or _child,
+                            args=(phase, args, queue))
   process.start()
   report = queue.get()
   process.join()
