@@ -39,7 +39,6 @@ Phases:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import pathlib
