@@ -9,6 +9,8 @@ Run time on the project's 2-core CPU machine: about 12 minutes for
 ``decoded``, about 3.5 of them), about 2.5 with ``--small``. Memory: the
 ``compressed`` phase at 10M peaks at about 16 GiB, in its exact reference
 search (JAX copies the 5.1 GB of float32 rows); the rest stays under 12 GiB.
+``--phases ivf`` took about 4 minutes at 16 bytes per centre (5.5 at 64,
+with ``--nprobes 1 8 32 128 512``) and peaks in the same exact search.
 
 Each phase runs in a fresh (spawned) child process, so its peak resident
 memory (``ru_maxrss``) is its own; "base RSS" is the child's resident memory
@@ -33,6 +35,15 @@ Phases:
   rows (``CompressedBank.search``, JAX backend; faiss as a cross-check), and
   its recall@30 against ``exact_knn`` over the float32 rows (self excluded
   on both sides).
+* ``ivf`` (not run by default; ``--compressed-n``, 10M): the same centres
+  in a faiss inverted-file PQ index, ``OPQ{m},IVF{nlist},PQ{m}`` (m =
+  ``--bytes-per-centre``, ``--nlist`` 4096, 256 with ``--small``), trained
+  on ``max(--train-rows, 40 * nlist)`` sampled rows (the coarse k-means wants
+  about 40 rows per list), all rows added in chunks of 1M; its serialized
+  size, and for each of ``--nprobes`` (1 8 32 128) the seconds per batch of
+  64 query rows (k = 31, self dropped; faiss's OpenMP threads, all cores)
+  and recall@30 against the ``compressed`` phase's exact reference (same
+  query rows). The library's ``CentreBank`` does not use such an index.
 * ``decoded`` (not run by default): the ``graph`` phase's PyNNDescent build
   over the same centres compressed by ``compress`` (``--train-rows``
   training rows) and decoded, its recall@30 still against the float32
@@ -43,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -197,18 +209,45 @@ def phase_refresh(args: dict) -> dict:
   return out
 
 
+def _big_centres(args: dict) -> tuple[np.ndarray, dict]:
+  """``compressed_n`` float32 centres (``chunked_clustered_points``) and the
+  report's first entries: their size, generation time and peak RSS."""
+  n = args["compressed_n"]
+  x, generate_s = _timed(chunked_clustered_points, n, DIM, args["seed"])
+  return x, {"num_centres": n, "generate_s": generate_s,
+             "float32_bytes": int(x.nbytes),
+             "data_peak_rss_mib": _reset_peak_rss(), "base_rss_mib": _rss_mib()}
+
+
+def _query_batches(num_points: int, args: dict):
+  """The ``query_rows`` sampled query rows and their batches of ``BATCH``."""
+  queries = _sample_rows(num_points, args["query_rows"], args["seed"] + 2)
+  return queries, [queries[i:i + BATCH]
+                   for i in range(0, len(queries), BATCH)]
+
+
+def _exact_reference(x: np.ndarray, queries: np.ndarray,
+                     out: dict) -> np.ndarray:
+  """``[Q, K]`` exact float32 neighbours of ``x[queries]`` in ``x`` (self
+  excluded); its time and peak RSS go into ``out``."""
+  from nngk_jax.knn import exact_knn
+
+  (exact, _), out["exact_s"] = _timed(exact_knn, x[queries], x, k=K,
+                                      query_ids=queries)
+  out["query_rows"] = int(len(queries))
+  out["exact_s_per_query"] = out["exact_s"] / len(queries)
+  out["exact_peak_rss_mib"] = _peak_rss_mib()
+  return exact
+
+
 def phase_compressed(args: dict) -> dict:
   """OPQ bank of ``compressed_n`` centres; ADC supply and its recall."""
   from nngk_jax.compress import CompressedBank, compress
-  from nngk_jax.knn import exact_knn
   from nngk_jax.neighbours import graph_recall
 
-  n, seed = args["compressed_n"], args["seed"]
-  x, generate_s = _timed(chunked_clustered_points, n, DIM, seed)
+  x, out = _big_centres(args)
+  n, seed = len(x), args["seed"]
   labels = np.arange(n) % max(n // 50, 2)
-  out = {"num_centres": n, "generate_s": generate_s,
-         "float32_bytes": int(x.nbytes), "data_peak_rss_mib": _reset_peak_rss(),
-         "base_rss_mib": _rss_mib()}
   train = _sample_rows(n, args["train_rows"], seed + 1)
   trained, out["train_s"] = _timed(
       compress, x[train], labels[train],
@@ -229,8 +268,7 @@ def phase_compressed(args: dict) -> dict:
   out.update(train_rows=int(len(train)), bytes_per_centre=bank.bytes_per_centre,
              nbytes=int(bank.nbytes), opq_iterations=args["opq_iterations"],
              encode_peak_rss_mib=_reset_peak_rss())
-  queries = _sample_rows(n, args["query_rows"], seed + 2)
-  batches = [queries[i:i + BATCH] for i in range(0, len(queries), BATCH)]
+  queries, batches = _query_batches(n, args)
   bank.search(x[batches[0]], K + 1)  # XLA compiles the chunk shape
   found, jax_s = [], []
   for ids in batches:
@@ -242,19 +280,61 @@ def phase_compressed(args: dict) -> dict:
   (faiss_indices, _), out["adc_faiss_s_per_batch"] = _timed(
       bank.search, x[batches[0]], K + 1, backend="faiss")
   out["adc_faiss_peak_rss_mib"] = _reset_peak_rss()
-  (exact, _), out["exact_s"] = _timed(exact_knn, x[queries], x, k=K,
-                                      query_ids=queries)
-  out["query_rows"] = int(len(queries))
+  exact = _exact_reference(x, queries, out)
   out["recall_at_k_jax"] = graph_recall(np.concatenate(found), exact)
   out["recall_at_k_faiss_first_batch"] = graph_recall(
       _drop_self(faiss_indices, batches[0], K), exact[:len(batches[0])])
-  out["exact_s_per_query"] = out["exact_s"] / len(queries)
-  out["exact_peak_rss_mib"] = _peak_rss_mib()
+  return out
+
+
+def phase_ivf(args: dict) -> dict:
+  """faiss IVF-PQ index (``OPQ{m},IVF{nlist},PQ{m}``) over ``compressed_n``
+  centres: build, size, and its supply and recall for several ``nprobe``."""
+  import faiss
+  from nngk_jax.neighbours import graph_recall
+
+  faiss.omp_set_num_threads(os.cpu_count())
+  x, out = _big_centres(args)
+  n, seed = len(x), args["seed"]
+  m, nlist = args["bytes_per_centre"], args["nlist"]
+  index = faiss.index_factory(DIM, f"OPQ{m},IVF{nlist},PQ{m}")
+  faiss.downcast_VectorTransform(index.chain.at(0)).niter = (
+      args["opq_iterations"])
+  # k-means of the coarse quantizer wants >= ~40 training rows per list.
+  train = _sample_rows(n, max(args["train_rows"], 40 * nlist), seed + 1)
+  _, out["train_s"] = _timed(index.train, np.ascontiguousarray(x[train]))
+  out.update(train_rows=int(len(train)), bytes_per_centre=m, nlist=nlist,
+             opq_iterations=args["opq_iterations"],
+             faiss_threads=faiss.omp_get_max_threads(),
+             train_peak_rss_mib=_reset_peak_rss())
+
+  def add():
+    for start in range(0, n, ENCODE_CHUNK):
+      index.add(x[start:min(start + ENCODE_CHUNK, n)])
+
+  _, out["add_s"] = _timed(add)
+  out["add_peak_rss_mib"] = _reset_peak_rss()
+  out["index_bytes"] = int(len(faiss.serialize_index(index)))
+  ivf = faiss.extract_index_ivf(index)
+  queries, batches = _query_batches(n, args)
+  found, out["s_per_batch"] = {}, {}
+  for nprobe in args["nprobes"]:
+    ivf.nprobe = nprobe
+    found[nprobe], out["s_per_batch"][nprobe] = [], []
+    for ids in batches:
+      (_, indices), seconds = _timed(index.search, x[ids], K + 1)
+      found[nprobe].append(_drop_self(indices, ids, K))
+      out["s_per_batch"][nprobe].append(seconds)
+  out["search_peak_rss_mib"] = _reset_peak_rss()
+  exact = _exact_reference(x, queries, out)
+  out["recall_at_k"] = {nprobe: graph_recall(np.concatenate(rows), exact)
+                        for nprobe, rows in found.items()}
   return out
 
 
 PHASES = {"graph": phase_graph, "refresh": phase_refresh,
-          "compressed": phase_compressed, "decoded": phase_decoded}
+          "compressed": phase_compressed, "decoded": phase_decoded,
+          "ivf": phase_ivf}
 
 
 def _child(phase: str, args: dict, queue) -> None:
@@ -270,17 +350,24 @@ def _mib(value: float) -> str:
   return f"{value:,.0f} MiB"
 
 
+def _head(*cells: str, text: tuple[int, ...] = ()) -> list[str]:
+  """A markdown table's header row and its alignment row (columns in
+  ``text`` left-aligned, the others right-aligned)."""
+  return ["| " + " | ".join(cells) + " |",
+          "| " + " | ".join("---" if column in text else "---:"
+                            for column in range(len(cells))) + " |"]
+
+
 def format_tables(reports: dict) -> str:
   """The reports as markdown tables (peak RSS: of that step alone, the
   process's base included)."""
   lines = []
   graphs = [name for name in ("graph", "decoded") if name in reports]
   if graphs:
-    lines += [
-        f"| centres | vectors | PyNNDescent k={K} (peak RSS) | numba warm-up "
-        f"| recall@{K} (rows) | exact, sampled rows (peak RSS) "
-        f"| supply / batch of {BATCH} | data (base RSS) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += _head("centres", "vectors", f"PyNNDescent k={K} (peak RSS)",
+                   "numba warm-up", f"recall@{K} (rows)",
+                   "exact, sampled rows (peak RSS)",
+                   f"supply / batch of {BATCH}", "data (base RSS)", text=(1,))
   for name in graphs:
     r = reports[name]["result"]
     vectors = ("float32" if name == "graph" else
@@ -297,28 +384,25 @@ def format_tables(reports: dict) -> str:
     lines.append("")
   if "refresh" in reports:
     r = reports["refresh"]["result"]
-    lines += [
-        "| centres | init_state | refresh (3 tries) | state | refresh peak RSS "
-        "(base) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+    lines += _head("centres", "init_state", "refresh (3 tries)", "state",
+                   "refresh peak RSS (base)") + [
         f"| {r['num_centres']:,} | {r['init_state_s']:.2f} s | "
         + ", ".join(f"{s:.2f}" for s in r["refresh_s"])
         + f" s | {r['state_bytes'] / 2**20:,.0f} MiB | "
         f"{_mib(r['refresh_peak_rss_mib'])} ({_mib(r['base_rss_mib'])}) |", ""]
   if "compressed" in reports:
     r = reports["compressed"]["result"]
-    lines += [
-        f"| centres | float32 (generate, peak RSS) | OPQ codes | train, "
-        f"{r['train_rows']:,} rows (peak RSS) | encode all (peak RSS) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+    lines += _head("centres", "float32 (generate, peak RSS)", "OPQ codes",
+                   f"train, {r['train_rows']:,} rows (peak RSS)",
+                   "encode all (peak RSS)") + [
         f"| {r['num_centres']:,} | {r['float32_bytes'] / 1e9:.2f} GB "
         f"({r['generate_s']:.0f} s, {_mib(r['data_peak_rss_mib'])}) | "
         f"{r['bytes_per_centre']} B/centre, {r['nbytes'] / 1e6:,.0f} MB | "
         f"{r['train_s']:.1f} s ({_mib(r['train_peak_rss_mib'])}) | "
-        f"{r['encode_s']:.1f} s ({_mib(r['encode_peak_rss_mib'])}) |", "",
-        f"| ADC search, batch of {BATCH}, k={K}+1 | seconds per batch | peak "
-        f"RSS | recall@{K} (rows) |",
-        "| --- | ---: | ---: | ---: |",
+        f"{r['encode_s']:.1f} s ({_mib(r['encode_peak_rss_mib'])}) |", ""]
+    lines += _head(f"ADC search, batch of {BATCH}, k={K}+1",
+                   "seconds per batch", "peak RSS", f"recall@{K} (rows)",
+                   text=(0,)) + [
         f"| JAX ({len(r['adc_jax_s_per_batch'])} batches) | "
         + ", ".join(f"{s:.2f}" for s in r["adc_jax_s_per_batch"])
         + f" | {_mib(r['adc_jax_peak_rss_mib'])} | "
@@ -329,6 +413,24 @@ def format_tables(reports: dict) -> str:
         f"| exact float32 (`exact_knn`, {r['query_rows']} rows) | "
         f"{r['exact_s_per_query'] * BATCH:.2f} | "
         f"{_mib(r['exact_peak_rss_mib'])} | 1 |", ""]
+  if "ivf" in reports:
+    r = reports["ivf"]["result"]
+    lines += _head("centres", "index",
+                   f"train, {r['train_rows']:,} rows (peak RSS)",
+                   "add all (peak RSS)", "serialized index", text=(1,)) + [
+        f"| {r['num_centres']:,} | OPQ{r['bytes_per_centre']},IVF{r['nlist']},"
+        f"PQ{r['bytes_per_centre']} | {r['train_s']:.1f} s "
+        f"({_mib(r['train_peak_rss_mib'])}) | {r['add_s']:.1f} s "
+        f"({_mib(r['add_peak_rss_mib'])}) | {r['index_bytes'] / 1e6:,.0f} MB |",
+        ""]
+    lines += _head("nprobe", f"s per batch of {BATCH} (k={K}+1)",
+                   f"recall@{K} ({r['query_rows']} rows)")
+    for nprobe, seconds in r["s_per_batch"].items():
+      lines.append(f"| {nprobe} | " + ", ".join(f"{s:.3f}" for s in seconds)
+                   + f" | {r['recall_at_k'][nprobe]:.4f} |")
+    lines += [f"\nsearch peak RSS {_mib(r['search_peak_rss_mib'])}; exact "
+              f"float32 {r['exact_s_per_query'] * BATCH:.2f} s per batch "
+              f"({_mib(r['exact_peak_rss_mib'])})", ""]
   return "\n".join(lines)
 
 
@@ -343,6 +445,10 @@ def main() -> None:
   parser.add_argument("--train-rows", type=int, default=100_000)
   parser.add_argument("--bytes-per-centre", type=int, default=16)
   parser.add_argument("--opq-iterations", type=int, default=20)
+  parser.add_argument("--nlist", type=int, default=4096,
+                      help="ivf: inverted lists (256 with --small)")
+  parser.add_argument("--nprobes", type=int, nargs="+",
+                      default=[1, 8, 32, 128], help="ivf: lists scanned")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--phases", nargs="+", choices=sorted(PHASES),
                       default=["graph", "refresh", "compressed"])
@@ -351,9 +457,10 @@ def main() -> None:
   parsed = parser.parse_args()
   args = {key: getattr(parsed, key) for key in (
       "graph_n", "compressed_n", "recall_rows", "query_rows", "train_rows",
-      "bytes_per_centre", "opq_iterations", "seed")}
+      "bytes_per_centre", "opq_iterations", "nlist", "nprobes", "seed")}
   if parsed.small:
-    args.update(graph_n=50_000, compressed_n=500_000, train_rows=20_000)
+    args.update(graph_n=50_000, compressed_n=500_000, train_rows=20_000,
+                nlist=256)
   print(f"# {args}", flush=True)
   reports = {}
   for phase in parsed.phases:
