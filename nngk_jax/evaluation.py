@@ -55,44 +55,26 @@ def embed_split(state: TrainState, split: datalib.Split,
   Returns:
     ``(embeddings [N, D], logits [N, C] or None)`` as numpy arrays.
   """
-  if jax.process_count() > 1:
-    return _embed_split_by_process(state, split, batch_size)
   embed = _embed_fn(state.apply_fn)
-  variables = state.network_variables()
-  batch_size = min(batch_size, len(split))
-  embeddings, logits = [], []
-  for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
-                                       shuffle=False, drop_last=False):
-    emb, lg = embed(variables, batch["image"])
-    keep = batch["valid"]
-    embeddings.append(np.asarray(emb)[keep])
-    if lg is not None:
-      logits.append(np.asarray(lg)[keep])
-  return (np.concatenate(embeddings),
-          np.concatenate(logits) if logits else None)
-
-
-def _embed_split_by_process(state: TrainState, split: datalib.Split,
-                            batch_size: int):
-  """:func:`embed_split` with each process embedding its share."""
-  embed = _embed_fn(state.apply_fn)
-  # The whole parameters on this process's first device, once.
-  variables = jax.device_put(parallel.fetch(state.network_variables()),
-                             jax.local_devices()[0])
   count = jax.process_count()
+  if count == 1:
+    variables = state.network_variables()
+  else:  # the whole parameters on this process's first device, once
+    variables = jax.device_put(parallel.fetch(state.network_variables()),
+                               jax.local_devices()[0])
   batch_size = -(-min(batch_size, len(split)) // count) * count
-  shard = (jax.process_index(), count)
   embeddings, logits = [], []
   for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
                                        shuffle=False, drop_last=False,
-                                       shard=shard):
+                                       shard=(jax.process_index(), count)):
     emb, lg = embed(variables, batch["image"])
     embeddings.append(np.asarray(emb))
     if lg is not None:
       logits.append(np.asarray(lg))
 
   def whole(blocks):
-    # [processes, batches * block, ...] -> batches in order, padding cut.
+    # [processes, batches * block, ...] -> batches in order; the last
+    # batch's padding rows (drop_last=False pads at the end) cut off.
     gathered = parallel.gather_blocks(np.concatenate(blocks))
     per_batch = gathered.reshape(count, len(blocks), -1,
                                  *gathered.shape[2:]).swapaxes(0, 1)
