@@ -134,8 +134,6 @@ def _recipe_config(recipe: str, objective: str, small: bool):
   config.objective = objective
   config.progress = False
   config.nmi = False
-  # On a GPU "auto" is the exact graph (sop_graph measures both).
-  config.nngk.graph_backend = "auto"
   if small:
     config.data.pipeline.update({"resize": 40, "crop": 32})
     config.nngk.k = 8
