@@ -186,9 +186,11 @@ def phase_recipes(small: bool) -> dict:
   out = {}
   for recipe in ("paper", "strong"):
     setups, result = {}, {}
+    config = _recipe_config(recipe, "nngk", small)
+    # One dataset per recipe: the objectives share its data options.
+    dataset = datalib.load_dataset(config.dataset, **dict(config.data))
     for objective in ("nngk", "softmax"):
       config = _recipe_config(recipe, objective, small)
-      dataset = datalib.load_dataset(config.dataset, **dict(config.data))
       _, bank, state = train.init_run(config, dataset)
       if bank is not None:
         for attempt in ("first", "second"):  # the first compiles
