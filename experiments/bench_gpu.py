@@ -324,15 +324,19 @@ def phase_pipeline(small: bool) -> dict:
   stages = stage_milliseconds(records[:64])
   print("ms per image, one thread:", stages, flush=True)
   cores = os.cpu_count() or 1
-  settings = ([(1, 0), (4, 0), (cores, 0), (2 * cores, 0), (2, cores // 2)]
-              if not small else [(1, 0), (2, 0), (1, 2)])
+  # (threads, worker processes, uint8 batches normalised on the device)
+  settings = ([(1, 0, False), (cores, 0, False), (cores, 0, True),
+               (2, cores // 2, False), (2, cores // 2, True), (1, cores, True),
+               (2, cores, True)]
+              if not small else [(1, 0, False), (2, 0, True), (1, 2, True)])
   out = []
-  for threads, workers in settings:
+  for threads, workers, on_device in settings:
     for augment in (True, False):
       rate = measure(records, augment=augment, resize=256, crop=256,
-                     threads=threads, workers=workers)
+                     threads=threads, workers=workers, on_device=on_device)
       out.append({"threads": threads, "workers": workers,
-                  "augment": augment, "images_per_second": rate})
+                  "on_device": on_device, "augment": augment,
+                  "images_per_second": rate})
       print(out[-1], flush=True)
   return {"num_records": num, "rates": out, "stage_ms": stages}
 
@@ -423,14 +427,16 @@ def format_tables(results: dict) -> str:
     lines += [f"Input pipeline, {pipe['num_records']:,} JPEGs, resize 256, "
               f"crop 256 (images/s); ms per image on one thread: {stages}:",
               "",
-              "| threads | worker processes | training transform | "
-              "evaluation transform |", "| ---: | ---: | ---: | ---: |"]
-    rates = {(r["threads"], r["workers"], r["augment"]): r["images_per_second"]
-             for r in pipe["rates"]}
-    for threads, workers in dict.fromkeys((t, w) for t, w, _ in rates):
-      lines.append(f"| {threads} | {workers} | "
-                   f"{rates[(threads, workers, True)]:.0f} | "
-                   f"{rates[(threads, workers, False)]:.0f} |")
+              "| threads | worker processes | batches | training transform | "
+              "evaluation transform |", "| ---: | ---: | --- | ---: | ---: |"]
+    rates = {(r["threads"], r["workers"], r.get("on_device", False),
+              r["augment"]): r["images_per_second"] for r in pipe["rates"]}
+    for threads, workers, on_device in dict.fromkeys(
+        key[:3] for key in rates):
+      kind = "uint8, normalised on device" if on_device else "float32"
+      lines.append(f"| {threads} | {workers} | {kind} | "
+                   f"{rates[(threads, workers, on_device, True)]:.0f} | "
+                   f"{rates[(threads, workers, on_device, False)]:.0f} |")
     lines.append("")
   swap = results.get("swap")
   if swap:

@@ -474,7 +474,7 @@ def forward(network: BiasedNetwork, variables: dict, images: jax.Array,
             train: bool = False, exclude: jax.Array | None = None,
             biased: bool = True, gate_gradient: bool = True
             ) -> tuple[dict, dict]:
-  """The whole model on a batch (every stage, no early exit).
+  r"""The whole model on a batch (every stage, no early exit).
 
   ``gate_gradient=False`` mixes with :math:`\operatorname{sg}(g)`: the
   loss of ``clf(z)`` then reaches :math:`\phi` through :math:`z_1`'s
@@ -483,7 +483,7 @@ def forward(network: BiasedNetwork, variables: dict, images: jax.Array,
 
   Returns:
     ``(outputs, batch_stats)``: ``outputs`` holds ``z2``, ``logits_z2``
-    (:math:`\\mathrm{clf}(z_2)`) and ``logits``; when ``biased`` also
+    (:math:`\mathrm{clf}(z_2)`) and ``logits``; when ``biased`` also
     ``phi``, ``z1``, ``gate``, ``z``, ``logits_z1`` and ``neighbour_idx``.
     Without ``biased`` ``logits`` is ``logits_z2`` (the plain network) and
     ``stored`` is not read.
@@ -918,14 +918,14 @@ def first_stage(network: BiasedNetwork, variables: dict, stored: StoredPairs,
 
 def second_stage(network: BiasedNetwork, variables: dict, h: jax.Array,
                  z1: jax.Array, gate: jax.Array) -> jax.Array:
-  """:math:`\mathrm{clf}(g z_1 + (1-g) f_2(h))` for every row."""
+  r""":math:`\mathrm{clf}(g z_1 + (1-g) f_2(h))` for every row."""
   z2, _ = network.apply_stage("f2", variables, h)
   return network.apply_stage("clf", variables, gated_mix(z1, z2, gate))[0]
 
 
 def plain_forward(network: BiasedNetwork, variables: dict,
                   images: jax.Array) -> jax.Array:
-  """:math:`\mathrm{clf}(f_2(f_1(x)))`, the plain network's logits."""
+  r""":math:`\mathrm{clf}(f_2(f_1(x)))`, the plain network's logits."""
   h, _ = network.apply_stage("f1", variables, images)
   z2, _ = network.apply_stage("f2", variables, h)
   return network.apply_stage("clf", variables, z2)[0]

@@ -134,7 +134,7 @@ def _sum_repeated_rows(rows: jax.Array, grads: jax.Array, num_rows: int):
 
 
 class ImpostorBank(banklib.CentreBank):
-  """Centres of an impostor network (module doc), one bank strategy.
+  r"""Centres of an impostor network (module doc), one bank strategy.
 
   Args:
     labels: ``[N]`` training labels.

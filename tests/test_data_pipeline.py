@@ -129,6 +129,7 @@ def test_decode_errors_name_the_record(tmp_path):
     ({"num_workers": -1}, "num_workers"),
     ({"num_threads": 0}, "num_threads"),
     ({"crop_size": 3}, "unknown pipeline options"),
+    ({"normalise_on_device": "gpu"}, "normalise_on_device must be"),
 ])
 def test_bad_options(options, message):
   with pytest.raises(ValueError, match=message):
@@ -191,6 +192,33 @@ def test_class_balanced_batches_through_pipeline():
   for batch in batches:
     assert batch["image"].shape == (4, 8, 8, 3)
     assert batch["label"][0] == batch["label"][1] != batch["label"][2]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_normalising_on_the_device_gives_the_host_batches(augment):
+  """uint8 crops normalised by the jitted step equal the host's float32
+  ones (the same crops and flips: only where the arithmetic runs moves)."""
+  import jax
+  host, device = _split(), _split(normalise_on_device=True)
+  assert not host.normalises_on_device and device.normalises_on_device
+  for a, b in zip(data.iterate_batches(host, 5, seed=3, epoch=1,
+                                       augment=augment),
+                  data.iterate_batches(device, 5, seed=3, epoch=1,
+                                       augment=augment)):
+    assert isinstance(a["image"], np.ndarray)
+    assert isinstance(b["image"], jax.Array)
+    assert b["image"].dtype == np.float32 and b["image"].shape == (5, 8, 8, 3)
+    np.testing.assert_allclose(np.asarray(b["image"]), a["image"],
+                               rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a["index"], b["index"])
+
+
+def test_normalise_on_device_auto_follows_the_backend():
+  # The tests run JAX on the CPU, where the host path is kept.
+  assert _split(normalise_on_device="auto").normalises_on_device is False
+  raw = pipeline.ImageTransform(resize=12, crop=8).evaluate(
+      _coded_image(12, 14), normalise=False)
+  assert raw.dtype == np.uint8 and raw.shape == (8, 8, 3)
 
 
 def test_worker_processes_give_the_same_batches():

@@ -493,3 +493,23 @@ def test_dataset_names_are_registered_names_never_files(tmp_path, capsys,
   assert "'folder:PATH'" in err
   assert name == "folder" or "known: 'digits'" in err
   assert not (tmp_path / "imported").exists()
+
+
+def test_sources_compile_without_syntax_warnings():
+  """Invalid escapes in docstrings (``\\l`` in LaTeX without an ``r``
+  prefix): a DeprecationWarning on Python 3.11, a SyntaxWarning on 3.12,
+  an error in future versions."""
+  import warnings
+  root = pathlib.Path(__file__).resolve().parents[1]
+  sources = sorted((root / "nngk_jax").rglob("*.py")) + sorted(
+      (root / "experiments").rglob("*.py"))
+  assert len(sources) > 20
+  bad = []
+  for path in sources:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      compile(path.read_text(), str(path), "exec")
+    bad += [f"{path.relative_to(root)}:{w.lineno}: {w.message}"
+            for w in caught
+            if issubclass(w.category, (SyntaxWarning, DeprecationWarning))]
+  assert not bad, bad
