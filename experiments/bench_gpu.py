@@ -54,7 +54,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PHASES = ("recipes", "sop_graph", "big_bank", "loop", "swap", "pipeline")
+PHASES = ("recipes", "sop_graph", "big_bank", "loop", "loop_workers", "swap",
+          "pipeline")
 BIG_BANK_MAX_SECONDS = 150.0
 
 # CUB-200-2011's training half (classes 1-100) and SOP's test split.
@@ -229,12 +230,13 @@ def phase_recipes(small: bool) -> dict:
   return out
 
 
-def phase_loop(small: bool) -> dict:
+def phase_loop(small: bool, workers: int = 0) -> dict:
   """Two epochs of the paper recipe, input pipeline included; the second's
-  figures."""
+  figures. ``workers``: decoding worker processes (0: threads)."""
   from nngk_jax import train
   _register(small)
   config = _recipe_config("paper", "nngk", small)
+  config.data.pipeline = dict(config.data.pipeline, num_workers=workers)
   config.num_epochs = 2  # the second epoch's refresh is compiled already
   config.eval_every = 2
   config.nngk.refresh_every = 1
@@ -250,8 +252,14 @@ def phase_loop(small: bool) -> dict:
   out = {key: record.get(key) for key in keys}
   out.update({"total_seconds": total, "num_train": size("num_train", small),
               "recall@1": metrics.get("recall@1"),
-              "num_threads": config.data.pipeline.num_threads})
+              "num_threads": config.data.pipeline["num_threads"],
+              "num_workers": workers})
   return out
+
+
+def phase_loop_workers(small: bool) -> dict:
+  """The loop phase with one decoding worker process per host core."""
+  return phase_loop(small, workers=os.cpu_count() or 1 if not small else 2)
 
 
 def phase_sop_graph(small: bool) -> dict:
@@ -349,6 +357,7 @@ def phase_swap(small: bool) -> dict:
 
 
 PHASE_FUNCTIONS = {"recipes": phase_recipes, "loop": phase_loop,
+                   "loop_workers": phase_loop_workers,
                    "sop_graph": phase_sop_graph, "big_bank": phase_big_bank,
                    "swap": phase_swap, "pipeline": phase_pipeline}
 
@@ -381,11 +390,15 @@ def format_tables(results: dict) -> str:
           f"{r['refresh_images_per_second']:.0f} | "
           f"{_gib(r['peak_device_bytes'])} |")
     lines.append("")
-  loop = results.get("loop")
-  if loop:
+  for key in ("loop", "loop_workers"):
+    loop = results.get(key)
+    if not loop:
+      continue
+    readers = (f"{loop['num_workers']} decoding worker processes"
+               if loop.get("num_workers") else
+               f"{loop['num_threads']} decoding threads")
     lines.append(
-        f"Whole loop, paper recipe, {loop['num_train']:,} JPEGs, "
-        f"{loop['num_threads']} decoding threads: "
+        f"Whole loop, paper recipe, {loop['num_train']:,} JPEGs, {readers}: "
         f"{loop['images_per_second']:.0f} img/s; epoch "
         f"{loop['epoch_seconds']:.1f} s, refresh "
         f"{loop['refresh_seconds'] or 0:.1f} s, graph "

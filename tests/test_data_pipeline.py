@@ -1,6 +1,7 @@
 """Tests for the image input pipeline (nngk_jax.data.pipeline)."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -221,14 +222,62 @@ def test_normalise_on_device_auto_follows_the_backend():
   assert raw.dtype == np.uint8 and raw.shape == (8, 8, 3)
 
 
-def test_worker_processes_give_the_same_batches():
-  in_process = _split()
-  workers = _split(num_workers=1)
-  a = [b["image"] for b in data.iterate_batches(in_process, 5, seed=0,
-                                                epoch=2, augment=True)]
-  b = [b["image"] for b in data.iterate_batches(workers, 5, seed=0, epoch=2,
-                                                augment=True)]
-  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+@pytest.fixture(scope="module")
+def worker_split():
+  """A split read by two worker processes, shared by the tests below (each
+  start costs a second or two: ``spawn`` imports the package anew)."""
+  split = _split(num=12, num_workers=2, prefetch=4)
+  yield split
+  split.close()
+
+
+def _pass(split, **kwargs):
+  return list(data.iterate_batches(split, 4, seed=0, epoch=2, augment=True,
+                                   **kwargs))
+
+
+def test_worker_processes_give_the_same_batches(worker_split):
+  in_process = _split(num=12)
+  for kwargs in ({}, {"first_batch": 1}, {"shard": (1, 2)}):
+    a, b = _pass(in_process, **kwargs), _pass(worker_split, **kwargs)
+    assert len(a) == len(b) == 3 - kwargs.get("first_batch", 0)
+    for x, y in zip(a, b):
+      assert set(x) == set(y)
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+  evaluation = list(data.iterate_batches(worker_split, 5, seed=0, epoch=0,
+                                         drop_last=False))
+  for batch in evaluation:
+    np.testing.assert_array_equal(
+        batch["image"], in_process.get_batch(batch["index"])["image"])
+
+
+def test_worker_processes_live_across_passes(worker_split):
+  _pass(worker_split)
+  workers = worker_split._workers  # pylint: disable=protected-access
+  pids = sorted(p.pid for p in workers.pool._pool)  # pylint: disable=protected-access
+  _pass(worker_split)
+  list(data.iterate_batches(worker_split, 4, seed=0, epoch=3))
+  assert worker_split._workers is workers  # pylint: disable=protected-access
+  assert sorted(p.pid for p in workers.pool._pool) == pids  # pylint: disable=protected-access
+  # A pickled split (what a worker receives) carries no processes.
+  assert pickle.loads(pickle.dumps(worker_split))._workers is None  # pylint: disable=protected-access
+
+
+def test_worker_errors_reach_the_caller(tmp_path):
+  bad = tmp_path / "broken.jpg"
+  bad.write_bytes(b"not an image")
+  good = [_coded_image(12, 14)] * 3
+  split = pipeline.ImageSplit(
+      good + [str(bad)], [0, 1, 0, 1], ("a", "b"),
+      pipeline.ImageTransform(resize=12, crop=8),
+      options=pipeline.LoaderOptions(num_workers=1))
+  try:
+    with pytest.raises(data.DataError, match="broken.jpg"):
+      list(data.iterate_batches(split, 2, seed=0, epoch=0, shuffle=False))
+  finally:
+    split.close()
+  assert split._workers is None  # pylint: disable=protected-access
 
 
 def test_folder_through_pipeline(tmp_path):

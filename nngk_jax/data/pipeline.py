@@ -37,6 +37,7 @@ import io
 import math
 import os
 import pathlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -390,9 +391,12 @@ class LoaderOptions:
   Attributes:
     num_threads: decoding threads per process (Pillow releases the GIL while
       decoding and resizing, so threads scale).
-    num_workers: worker processes (grain ``mp_prefetch``); 0 decodes in the
-      training process. Processes help when Python overhead, not Pillow,
-      is the limit, and cost start-up time and memory.
+    num_workers: worker processes; 0 decodes in the training process (grain,
+      ``num_threads`` threads). The processes are started once per split,
+      on its first pass, and serve every later pass (each epoch, each
+      refresh) until :meth:`ImageSplit.close`; each reads whole batches on
+      one thread. They help where the GIL, not Pillow, limits the threads
+      (a many-core GPU host), and cost start-up time and memory.
     prefetch: images decoded ahead of the consumer, per process.
     normalise_on_device: the workers return ``uint8`` crops and each batch
       is normalised on JAX's default device after its transfer
@@ -424,23 +428,89 @@ def _epoch_seed(seed: int, epoch: int) -> int:
              .generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def _read_example(split: "ImageSplit", index: int, position: int,
+                  augment: bool, normalise: bool, seed: int) -> dict:
+  """Example ``index`` at ``position`` of a pass; its random choices are
+  drawn from ``(seed, position)`` alone, so threads, worker processes, a
+  resumed epoch and a shard all see the same crops and flips."""
+  record = split.records[index]
+  if augment:
+    rng = np.random.default_rng([seed, position])
+    image = split.transform.train(record, rng, normalise)
+  else:
+    image = split.transform.evaluate(record, normalise)
+  return {"image": image, "label": np.int32(split.labels[index]),
+          "index": np.int32(index)}
+
+
 class _Reader:
   """Picklable per-record function for grain: position -> example dict."""
 
   def __init__(self, split: "ImageSplit", indices: np.ndarray, augment: bool,
-               normalise: bool = True):
+               normalise: bool, seed: int):
     self.split, self.indices, self.augment = split, indices, augment
-    self.normalise = normalise
+    self.normalise, self.seed = normalise, seed
 
-  def __call__(self, position: int, rng: np.random.Generator | None = None):
-    index = int(self.indices[position])
-    record = self.split.records[index]
-    if self.augment:
-      image = self.split.transform.train(record, rng, self.normalise)
-    else:
-      image = self.split.transform.evaluate(record, self.normalise)
-    return {"image": image, "label": np.int32(self.split.labels[index]),
-            "index": np.int32(index)}
+  def __call__(self, position: int):
+    return _read_example(self.split, int(self.indices[position]), position,
+                         self.augment, self.normalise, self.seed)
+
+
+# The split a worker process serves, set once by _start_worker.
+_WORKER_SPLIT: "ImageSplit | None" = None
+
+
+def _start_worker(split: "ImageSplit") -> None:
+  global _WORKER_SPLIT
+  _WORKER_SPLIT = split
+
+
+def _read_batch(task: tuple) -> dict:
+  """In a worker: the examples at ``(indices, positions)``, stacked."""
+  indices, positions, augment, normalise, seed = task
+  examples = [_read_example(_WORKER_SPLIT, int(i), int(p), augment, normalise,
+                            seed) for i, p in zip(indices, positions)]
+  return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+class _WorkerPool:
+  """Worker processes that live as long as their split.
+
+  grain's ``mp_prefetch`` starts its processes anew for every pass, and
+  each new process imports the program and unpickles the split; on a
+  16-core GPU host that held them to 460-550 images/s where plain processes
+  decode about 2,500 (docs/benchmarks.md, "On a GPU"). These start once
+  (``spawn``: a forked JAX process can deadlock) and are handed index
+  batches; at most ``window`` batches are in flight, so memory stays
+  bounded whatever the consumer's pace.
+  """
+
+  def __init__(self, split: "ImageSplit", num_workers: int):
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    context = multiprocessing.get_context("spawn")
+    self.pool = context.Pool(num_workers, initializer=_start_worker,
+                             initargs=(split.without_workers(),))
+
+  def batches(self, tasks: Iterator[tuple], window: int):
+    import collections  # pylint: disable=g-import-not-at-top
+    pending = collections.deque()
+    tasks = iter(tasks)
+    for task in tasks:
+      pending.append(self.pool.apply_async(_read_batch, (task,)))
+      if len(pending) >= window:
+        break
+    while pending:
+      batch = pending.popleft().get()
+      for task in tasks:  # refill one
+        pending.append(self.pool.apply_async(_read_batch, (task,)))
+        break
+      yield batch
+
+  def close(self) -> None:
+    if self.pool is not None:
+      self.pool.terminate()
+      self.pool.join()
+      self.pool = None
 
 
 class ImageSplit:
@@ -484,6 +554,7 @@ class ImageSplit:
         labels, class_names, require_every_class=require_every_class)
     self.transform = transform
     self.options = options or LoaderOptions()
+    self._workers: _WorkerPool | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -528,7 +599,10 @@ class ImageSplit:
                    first_batch: int = 0,
                    shard: tuple[int, int] = (0, 1)
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """The batches of examples at ``index_batches``, in order, via grain.
+    """The batches of examples at ``index_batches``, in order.
+
+    Read by grain with ``num_threads`` threads in this process, or, with
+    ``LoaderOptions.num_workers``, by the split's worker processes.
 
     Args:
       index_batches: equal-length 1-d integer arrays (a sampler's batches).
@@ -550,8 +624,6 @@ class ImageSplit:
       ``jax.Array`` on the default device when the batches are normalised
       there (``LoaderOptions.normalise_on_device``), NumPy otherwise.
     """
-    import grain  # pylint: disable=g-import-not-at-top
-
     if not len(index_batches):
       return iter(())
     batch_size = len(index_batches[0])
@@ -559,33 +631,63 @@ class ImageSplit:
       raise ValueError("index batches must all have the same length")
     flat = np.concatenate([np.asarray(b, np.int64) for b in index_batches])
     on_device = self.normalises_on_device
-    reader = _Reader(self, flat, augment, normalise=not on_device)
-    positions = grain.MapDataset.range(len(flat))
-    if augment:
-      dataset = positions.random_map(reader, seed=_epoch_seed(seed, epoch))
-    else:
-      dataset = positions.map(reader)
-    # Sliced after random_map: each record keeps its position's randomness.
+    seed = _epoch_seed(seed, epoch)
     block = splits.shard_rows(shard, batch_size)
+    if self.options.num_workers:
+      batches = self._worker_batches(flat, batch_size, block, first_batch,
+                                     augment, not on_device, seed)
+    else:
+      batches = self._thread_batches(flat, batch_size, block, first_batch,
+                                     shard, augment, not on_device, seed)
+    return self._normalised(batches) if on_device else batches
+
+  def _thread_batches(self, flat, batch_size, block, first_batch, shard,
+                      augment, normalise, seed):
+    """The batches through grain, ``num_threads`` threads in this process."""
+    import grain  # pylint: disable=g-import-not-at-top
+    reader = _Reader(self, flat, augment, normalise, seed)
+    dataset = grain.MapDataset.range(len(flat)).map(reader)
+    # Sliced after the map: each record keeps its position's randomness.
     dataset = dataset[first_batch * batch_size:].batch(block.stop - block.start)
     if tuple(shard) != (0, 1):
       # Blocks of a batch follow each other: this process's are every
       # count-th, from its index (grain reads only the records asked for).
       dataset = dataset[shard[0]::shard[1]]
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=self.options.num_threads,
-        prefetch_buffer_size=self.options.prefetch))
-    if self.options.num_workers:
-      # grain's worker processes read absl flags, which a program that does
-      # not run absl.app never parses: take their defaults.
-      from absl import flags  # pylint: disable=g-import-not-at-top
-      if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.options.num_workers))
-    if on_device:
-      return self._normalised(iter(dataset))
-    return iter(dataset)
+        prefetch_buffer_size=self.options.prefetch)))
+
+  def _worker_batches(self, flat, batch_size, block, first_batch, augment,
+                      normalise, seed):
+    """The batches from the split's worker processes (started on first use)."""
+    if self._workers is None:
+      self._workers = _WorkerPool(self, self.options.num_workers)
+      weakref.finalize(self, self._workers.close)
+    rows = np.arange(block.start, block.stop)
+    tasks = ((flat[b * batch_size + rows], b * batch_size + rows, augment,
+              normalise, seed)
+             for b in range(first_batch, len(flat) // batch_size))
+    window = max(2 * self.options.num_workers,
+                 self.options.prefetch // len(rows))
+    return self._workers.batches(tasks, window)
+
+  def without_workers(self) -> "ImageSplit":
+    """This split reading in the calling process (what a worker holds)."""
+    return ImageSplit(self.records, self.labels, self.class_names,
+                      self.transform,
+                      options=dataclasses.replace(self.options, num_workers=0),
+                      require_every_class=False)
+
+  def close(self) -> None:
+    """Stops the worker processes, if any (a later pass starts new ones)."""
+    if self._workers is not None:
+      self._workers.close()
+      self._workers = None
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    state["_workers"] = None  # processes stay with the process that made them
+    return state
 
   @property
   def normalises_on_device(self) -> bool:

@@ -181,7 +181,7 @@ class _Rows:
   """Random access to chosen rows of one or more record sequences.
 
   ``rows[i]`` is ``parts[refs[i, 0]][refs[i, 1]]``. Picklable when the parts
-  are, so grain worker processes can read it.
+  are, so worker processes can read it.
   """
 
   def __init__(self, parts: Sequence[Sequence[Any]], refs: np.ndarray) -> None:

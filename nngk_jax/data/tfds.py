@@ -88,7 +88,7 @@ class TfdsRecords:
   ``records[i]`` is the ``image`` feature of row ``refs[i]``: the encoded
   bytes when the sources were opened with ``SkipDecoding`` (as
   :func:`load_benchmark` does), or a decoded ``uint8`` array otherwise.
-  Picklable, so grain worker processes can read it.
+  Picklable, so worker processes can read it.
   """
 
   def __init__(self, sources: Sequence[Sequence[Any]], refs: np.ndarray,
