@@ -334,8 +334,7 @@ def phase_pipeline(small: bool) -> dict:
   cores = os.cpu_count() or 1
   # (threads, worker processes, uint8 batches normalised on the device)
   settings = ([(1, 0, False), (cores, 0, False), (cores, 0, True),
-               (2, cores // 2, False), (2, cores // 2, True), (1, cores, True),
-               (2, cores, True)]
+               (1, cores // 2, True), (1, cores, True)]
               if not small else [(1, 0, False), (2, 0, True), (1, 2, True)])
   out = []
   for threads, workers, on_device in settings:
