@@ -214,9 +214,11 @@ def test_normalising_on_the_device_gives_the_host_batches(augment):
     np.testing.assert_array_equal(a["index"], b["index"])
 
 
-def test_normalise_on_device_auto_follows_the_backend():
-  # The tests run JAX on the CPU, where the host path is kept.
+def test_automatic_options_follow_the_backend():
+  # The tests run JAX on the CPU, where the host path and threads are kept.
   assert _split(normalise_on_device="auto").normalises_on_device is False
+  assert _split(num_workers=None).num_workers == 0
+  assert _split(num_workers=3).num_workers == 3
   raw = pipeline.ImageTransform(resize=12, crop=8).evaluate(
       _coded_image(12, 14), normalise=False)
   assert raw.dtype == np.uint8 and raw.shape == (8, 8, 3)

@@ -47,7 +47,9 @@ def get_config(dataset: str, recipe: str = "paper") -> ml_collections.ConfigDict
       "pipeline": {
           "resize": 256, "crop": 256, "random_resized_crop": False,
           "flip": True, "normalization": "unit", "num_threads": 16,
-          "num_workers": 0, "prefetch": 512},
+          # None: a worker process per host core (up to 16) on a GPU or
+          # TPU, threads on a CPU (docs/benchmarks.md, "On a GPU").
+          "num_workers": None, "prefetch": 512},
   })
   config.objective = "nngk"
 

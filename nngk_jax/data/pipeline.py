@@ -396,7 +396,11 @@ class LoaderOptions:
       on its first pass, and serve every later pass (each epoch, each
       refresh) until :meth:`ImageSplit.close`; each reads whole batches on
       one thread. They help where the GIL, not Pillow, limits the threads
-      (a many-core GPU host), and cost start-up time and memory.
+      (a many-core GPU host), and cost start-up time and memory. ``None``:
+      one per host core, up to 16, when JAX runs on a GPU or TPU in one
+      process, else 0. Processes are started with ``spawn``, which imports
+      the program's main module anew: a script must guard its entry point
+      with ``if __name__ == "__main__":``.
     prefetch: images decoded ahead of the consumer, per process.
     normalise_on_device: the workers return ``uint8`` crops and each batch
       is normalised on JAX's default device after its transfer
@@ -407,7 +411,7 @@ class LoaderOptions:
   """
 
   num_threads: int = max(1, min(16, os.cpu_count() or 1))
-  num_workers: int = 0
+  num_workers: int | None = 0
   prefetch: int = 256
   normalise_on_device: bool | str = "auto"
 
@@ -417,10 +421,12 @@ class LoaderOptions:
     if self.normalise_on_device not in (True, False, "auto"):
       raise ValueError(f"normalise_on_device must be True, False or 'auto', "
                        f"got {self.normalise_on_device!r}")
-    if isinstance(self.num_workers, bool) or not isinstance(
-        self.num_workers, (int, np.integer)) or self.num_workers < 0:
-      raise ValueError(f"num_workers must be a non-negative integer, got "
-                       f"{self.num_workers!r}")
+    if self.num_workers is not None and (
+        isinstance(self.num_workers, bool)
+        or not isinstance(self.num_workers, (int, np.integer))
+        or self.num_workers < 0):
+      raise ValueError(f"num_workers must be a non-negative integer or None "
+                       f"(automatic), got {self.num_workers!r}")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -633,7 +639,7 @@ class ImageSplit:
     on_device = self.normalises_on_device
     seed = _epoch_seed(seed, epoch)
     block = splits.shard_rows(shard, batch_size)
-    if self.options.num_workers:
+    if self.num_workers:
       batches = self._worker_batches(flat, batch_size, block, first_batch,
                                      augment, not on_device, seed)
     else:
@@ -661,13 +667,13 @@ class ImageSplit:
                       normalise, seed):
     """The batches from the split's worker processes (started on first use)."""
     if self._workers is None:
-      self._workers = _WorkerPool(self, self.options.num_workers)
+      self._workers = _WorkerPool(self, self.num_workers)
       weakref.finalize(self, self._workers.close)
     rows = np.arange(block.start, block.stop)
     tasks = ((flat[b * batch_size + rows], b * batch_size + rows, augment,
               normalise, seed)
              for b in range(first_batch, len(flat) // batch_size))
-    window = max(2 * self.options.num_workers,
+    window = max(2 * self.num_workers,
                  self.options.prefetch // len(rows))
     return self._workers.batches(tasks, window)
 
@@ -688,6 +694,14 @@ class ImageSplit:
     state = dict(self.__dict__)
     state["_workers"] = None  # processes stay with the process that made them
     return state
+
+  @property
+  def num_workers(self) -> int:
+    """The worker processes :meth:`load_batches` reads with (resolves
+    ``LoaderOptions.num_workers=None``)."""
+    if self.options.num_workers is None:
+      return min(16, os.cpu_count() or 1) if _on_accelerator() else 0
+    return int(self.options.num_workers)
 
   @property
   def normalises_on_device(self) -> bool:
