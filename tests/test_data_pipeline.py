@@ -257,13 +257,34 @@ def test_worker_processes_give_the_same_batches(worker_split):
 def test_worker_processes_live_across_passes(worker_split):
   _pass(worker_split)
   workers = worker_split._workers  # pylint: disable=protected-access
-  pids = sorted(p.pid for p in workers.pool._pool)  # pylint: disable=protected-access
+  pids = sorted(workers.pool._processes)  # pylint: disable=protected-access
   _pass(worker_split)
   list(data.iterate_batches(worker_split, 4, seed=0, epoch=3))
   assert worker_split._workers is workers  # pylint: disable=protected-access
-  assert sorted(p.pid for p in workers.pool._pool) == pids  # pylint: disable=protected-access
+  assert sorted(workers.pool._processes) == pids  # pylint: disable=protected-access
   # A pickled split (what a worker receives) carries no processes.
   assert pickle.loads(pickle.dumps(worker_split))._workers is None  # pylint: disable=protected-access
+
+
+def test_a_dead_worker_fails_the_pass_and_the_next_one_restarts():
+  """A worker killed mid-pass (as the system does for memory) is an error
+  naming the cause, not a pass waiting forever; the next pass works."""
+  import os
+  import signal
+  # 12 batches, at most 2 in flight: after the kill some are still to be
+  # handed out, and handing one to a broken pool fails at once.
+  split = _split(num=48, num_workers=1, prefetch=4)
+  try:
+    batches = data.iterate_batches(split, 4, seed=0, epoch=0)
+    next(batches)
+    pid, = split._workers.pool._processes  # pylint: disable=protected-access
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="worker process .* died"):
+      list(batches)
+    assert split._workers is None  # pylint: disable=protected-access
+    assert len(list(data.iterate_batches(split, 4, seed=0, epoch=0))) == 12
+  finally:
+    split.close()
 
 
 def test_worker_errors_reach_the_caller(tmp_path):

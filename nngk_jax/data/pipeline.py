@@ -493,29 +493,29 @@ class _WorkerPool:
 
   def __init__(self, split: "ImageSplit", num_workers: int):
     import multiprocessing  # pylint: disable=g-import-not-at-top
-    context = multiprocessing.get_context("spawn")
-    self.pool = context.Pool(num_workers, initializer=_start_worker,
-                             initargs=(split.without_workers(),))
+    from concurrent import futures  # pylint: disable=g-import-not-at-top
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (an
+    # out-of-memory kill) fails the pass with BrokenProcessPool instead of
+    # leaving it waiting for a batch that never comes.
+    self.pool = futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(split.without_workers(),))
 
   def batches(self, tasks: Iterator[tuple], window: int):
     import collections  # pylint: disable=g-import-not-at-top
-    pending = collections.deque()
+    import itertools  # pylint: disable=g-import-not-at-top
     tasks = iter(tasks)
-    for task in tasks:
-      pending.append(self.pool.apply_async(_read_batch, (task,)))
-      if len(pending) >= window:
-        break
+    pending = collections.deque(self.pool.submit(_read_batch, task)
+                                for task in itertools.islice(tasks, window))
     while pending:
-      batch = pending.popleft().get()
-      for task in tasks:  # refill one
-        pending.append(self.pool.apply_async(_read_batch, (task,)))
-        break
+      batch = pending.popleft().result()
+      pending.extend(self.pool.submit(_read_batch, task)
+                     for task in itertools.islice(tasks, 1))
       yield batch
 
   def close(self) -> None:
     if self.pool is not None:
-      self.pool.terminate()
-      self.pool.join()
+      self.pool.shutdown(wait=True, cancel_futures=True)
       self.pool = None
 
 
@@ -675,7 +675,19 @@ class ImageSplit:
              for b in range(first_batch, len(flat) // batch_size))
     window = max(2 * self.num_workers,
                  self.options.prefetch // len(rows))
-    return self._workers.batches(tasks, window)
+    return self._batches_or_restart(self._workers.batches(tasks, window))
+
+  def _batches_or_restart(self, batches):
+    from concurrent import futures  # pylint: disable=g-import-not-at-top
+    try:
+      yield from batches
+    except futures.process.BrokenProcessPool as error:
+      self.close()  # the next pass starts new workers
+      raise RuntimeError(
+          f"a worker process of the input pipeline died ({error}); a common "
+          f"cause is the system killing it for memory: lower "
+          f"data.pipeline.num_workers or prefetch, or use threads "
+          f"(num_workers=0)") from error
 
   def without_workers(self) -> "ImageSplit":
     """This split reading in the calling process (what a worker holds)."""
