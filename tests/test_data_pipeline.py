@@ -131,6 +131,7 @@ def test_decode_errors_name_the_record(tmp_path):
     ({"num_threads": 0}, "num_threads"),
     ({"crop_size": 3}, "unknown pipeline options"),
     ({"normalise_on_device": "gpu"}, "normalise_on_device must be"),
+    ({"cache_gib": -1}, "cache_gib must be"),
 ])
 def test_bad_options(options, message):
   with pytest.raises(ValueError, match=message):
@@ -222,6 +223,60 @@ def test_automatic_options_follow_the_backend():
   raw = pipeline.ImageTransform(resize=12, crop=8).evaluate(
       _coded_image(12, 14), normalise=False)
   assert raw.dtype == np.uint8 and raw.shape == (8, 8, 3)
+
+
+class _Unreadable:
+  """Records that fail when read: proves a pass came from the cache."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    raise AssertionError(f"record {i} was read")
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_evaluation_crops_are_cached_after_their_first_pass(on_device):
+  plain = _split(num=12, cache_gib=0)
+  cached = _split(num=12, normalise_on_device=on_device)
+
+  def evaluation(split, **kwargs):
+    return [{k: np.asarray(v) for k, v in b.items()}
+            for b in data.iterate_batches(split, 4, seed=0, epoch=1,
+                                          drop_last=False, **kwargs)]
+
+  expected = {str(kw): evaluation(plain, **kw)
+              for kw in ({}, {"first_batch": 1}, {"shard": (1, 2)})}
+  first = evaluation(cached)  # decoded, and kept
+  assert cached._cached.all()  # pylint: disable=protected-access
+  records = cached.records
+  cached.records = _Unreadable(len(records))
+  for kwargs in ({}, {"first_batch": 1}, {"shard": (1, 2)}):
+    again = evaluation(cached, **kwargs)
+    want = expected[str(kwargs)]
+    assert len(again) == len(want)
+    for a, b in zip(again, want):
+      assert a["image"].dtype == np.float32
+      np.testing.assert_allclose(a["image"], b["image"], rtol=0,
+                                 atol=1e-6 if on_device else 0)
+      np.testing.assert_array_equal(a["index"], b["index"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+      assert a["label"].dtype == b["label"].dtype
+  np.testing.assert_allclose(first[0]["image"], expected["{}"][0]["image"],
+                             rtol=0, atol=1e-6 if on_device else 0)
+  # Training crops are random: never cached, always read.
+  with pytest.raises(AssertionError, match="was read"):
+    next(data.iterate_batches(cached, 4, seed=0, epoch=1, augment=True))
+  cached.records = records
+
+
+def test_a_split_too_large_for_the_cache_is_not_cached():
+  split = _split(num=12, cache_gib=1e-9)
+  list(data.iterate_batches(split, 4, seed=0, epoch=0))
+  assert split._cache is None  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope="module")
