@@ -505,7 +505,9 @@ def test_approximate_search_rows_are_cleaned_and_recall_reported(monkeypatch):
     search(queries, embeddings, 3, query_ids=np.arange(10))
 
 
-@pytest.mark.slow  # NN-descent's numba compilation: about 45 s per process.
+# NN-descent's numba compilation: about 45 s per process (under xdist, run on
+# the worker of test_neighbours.py::test_pynndescent_backend: tests/conftest.py).
+@pytest.mark.slow
 def test_pynndescent_search_close_to_exact():
   rng = np.random.default_rng(10)
   labels = np.repeat(np.arange(120), 5)

@@ -204,7 +204,8 @@ def test_query_rejects_bad_arguments():
 # Each process pays ~45 s of numba compilation for NN-descent (not
 # disk-cacheable), so every PyNNDescent check lives in ONE test: under
 # `pytest -n 2` separate tests can land on different workers and each would
-# compile. On a cold numba cache (fresh clone) the first run also pays ~25 s
+# compile. (tests/conftest.py sends this test and
+# test_metrics.py::test_pynndescent_search_close_to_exact to the same worker.) On a cold numba cache (fresh clone) the first run also pays ~25 s
 # of import and ~90 s for the query search's compilation (both cached after).
 # --------------------------------------------------------------------------
 
