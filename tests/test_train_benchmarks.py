@@ -79,3 +79,33 @@ def test_cli_missing_benchmark_exit_code(tmp_path, capsys):
   assert code == 2
   err = capsys.readouterr().err
   assert "make data DATASET=cars196" in err and "downloads/manual" in err
+
+
+def test_worker_processes_train_like_threads(tiny_config, fake_tfds,
+                                             tmp_path, monkeypatch):
+  """The whole loop with the images read by worker processes (which live
+  across the epochs and the refreshes) trains exactly as with threads."""
+  from nngk_jax.data import pipeline
+  started = []
+  real_init = pipeline._WorkerPool.__init__  # pylint: disable=protected-access
+
+  def spy(self, split, num_workers):
+    started.append(num_workers)
+    real_init(self, split, num_workers)
+
+  monkeypatch.setattr(pipeline._WorkerPool, "__init__", spy)  # pylint: disable=protected-access
+  runs = {}
+  for workers in (0, 1):
+    config = _benchmark_config(tiny_config, "cub")
+    config.data.pipeline.num_workers = workers
+    with fake_tfds("cub"):
+      metrics = train.train_and_evaluate(config, tmp_path / str(workers))
+    history = [json.loads(line) for line in
+               (tmp_path / str(workers) / "history.jsonl").read_text()
+               .splitlines()]
+    runs[workers] = metrics, [r["train_loss"] for r in history]
+  # One pool per split read (training, test), none for the threads' run.
+  assert started and set(started) == {1} and len(started) <= 2
+  assert runs[0][1] == runs[1][1]
+  assert runs[0][0]["recall@1"] == runs[1][0]["recall@1"]
+  assert runs[0][0]["map@r"] == runs[1][0]["map@r"]
