@@ -31,6 +31,7 @@ import runpy
 import signal
 import sys
 import time
+import warnings
 from typing import Any, Iterator
 
 import jax
@@ -588,6 +589,11 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
 def load_trained(workdir: str | os.PathLike):
   """The config, dataset and newest checkpointed state of a run's workdir.
 
+  The newest checkpoint of a run that was stopped (a signal, a crash) is
+  from the middle of an epoch: its network has trained past the centres
+  of the last refresh. It is loaded all the same, with a warning that
+  names the epoch and step and how to finish the run.
+
   Returns:
     ``(config, dataset, state)``; ``evaluation.embed_split(state,
     dataset.test, 256)`` then gives the test embeddings.
@@ -602,9 +608,16 @@ def load_trained(workdir: str | os.PathLike):
   store = checkpointing.CheckpointStore(
       workdir / "checkpoints", _config_dict(config),
       resumable_fields=RESUMABLE_FIELDS)
-  state, _ = store.restore(state)
+  restored = store.restore_latest(state)
   store.close()
-  return config, dataset, state
+  if restored.step_in_epoch:
+    warnings.warn(
+        f"{workdir}: the newest checkpoint is from the middle of epoch "
+        f"{restored.epoch + 1} (after step {restored.step_in_epoch}): the "
+        f"run did not finish. Rerun its training command to finish it; "
+        f"this state's network has trained past the centres of the last "
+        f"refresh.", stacklevel=2)
+  return config, dataset, restored.state
 
 
 def _print_record(record: dict) -> None:

@@ -5,6 +5,7 @@ training, and every image format read alike by both readers."""
 import json
 import pathlib
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -190,6 +191,25 @@ def test_ctrl_c_mid_epoch_saves_at_the_step_and_resumes_exactly(
       want_history[1]["train_loss"], rel=1e-5)
   # The refresh's record (graph_seconds, ...) is carried over the stop.
   assert set(history[1]) == set(want_history[1])
+
+
+def test_loading_a_stopped_run_warns_that_it_is_mid_epoch(
+    tmp_path, tiny_config, monkeypatch):
+  import signal
+  _step_hook(monkeypatch, STEPS + 5,
+             lambda: signal.raise_signal(signal.SIGINT))
+  with pytest.raises(train.TrainingInterrupted):
+    train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+  monkeypatch.undo()
+  with pytest.warns(UserWarning, match=r"middle of epoch 2 \(after step 6\)"):
+    _, _, state = train.load_trained(tmp_path)
+  assert int(state.step) == STEPS + 6
+  # A finished run loads without a warning.
+  train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _, _, state = train.load_trained(tmp_path)
+  assert int(state.step) == 2 * STEPS
 
 
 def test_checkpoint_every_steps_resumes_a_crash_exactly(
@@ -499,7 +519,6 @@ def test_sources_compile_without_syntax_warnings():
   """Invalid escapes in docstrings (``\\l`` in LaTeX without an ``r``
   prefix): a DeprecationWarning on Python 3.11, a SyntaxWarning on 3.12,
   an error in future versions."""
-  import warnings
   root = pathlib.Path(__file__).resolve().parents[1]
   sources = sorted((root / "nngk_jax").rglob("*.py")) + sorted(
       (root / "experiments").rglob("*.py"))
