@@ -259,7 +259,7 @@ def phase_loop(small: bool, workers: int = 0) -> dict:
 
 def phase_loop_workers(small: bool) -> dict:
   """The loop phase with one decoding worker process per host core."""
-  return phase_loop(small, workers=os.cpu_count() or 1 if not small else 2)
+  return phase_loop(small, workers=2 if small else (os.cpu_count() or 1))
 
 
 def phase_sop_graph(small: bool) -> dict:
