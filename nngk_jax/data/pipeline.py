@@ -85,6 +85,8 @@ def _normalisation_constants(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _device_normaliser():
+  """``pixels * scale - offset`` in float32, jitted on the default device
+  (built on first use: this module imports without JAX)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   @jax.jit
@@ -92,11 +94,6 @@ def _device_normaliser():
     return pixels.astype(np.float32) * scale - offset
 
   return normalise
-
-
-def _normalise_on_device(pixels, scale, offset):
-  """``pixels * scale - offset`` in float32, jitted on the default device."""
-  return _device_normaliser()(pixels, scale, offset)
 
 
 def _on_accelerator() -> bool:
@@ -311,7 +308,7 @@ class ImageTransform:
     for it.
     """
     scale, offset = _normalisation_constants(self.normalization)
-    return _normalise_on_device(pixels, scale, offset)
+    return _device_normaliser()(pixels, scale, offset)
 
   def _resize_shorter(self, image):
     """Shorter side to ``resize``, longer side in proportion (torchvision)."""
@@ -444,6 +441,15 @@ class LoaderOptions:
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([int(seed), int(epoch), 11])
              .generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _block_positions(num_positions: int, batch_size: int, block: slice,
+                     first_batch: int) -> Iterator[np.ndarray]:
+  """Positions in a pass of this process's ``block`` of rows of each batch,
+  from ``first_batch`` on (the rows grain's slicing reads)."""
+  rows = np.arange(block.start, block.stop)
+  for b in range(first_batch, num_positions // batch_size):
+    yield b * batch_size + rows
 
 
 def _read_example(split: "ImageSplit", index: int, position: int,
@@ -658,14 +664,15 @@ class ImageSplit:
     normalise = not (on_device or cached)
     if cached and self._cached[flat].all():
       batches = self._cached_batches(flat, batch_size, block, first_batch)
-    elif self.num_workers:
-      batches = self._worker_batches(flat, batch_size, block, first_batch,
-                                     augment, normalise, seed)
     else:
-      batches = self._thread_batches(flat, batch_size, block, first_batch,
-                                     shard, augment, normalise, seed)
-    if cached:
-      batches = self._filling_cache(batches)
+      if self.num_workers:
+        batches = self._worker_batches(flat, batch_size, block, first_batch,
+                                       augment, normalise, seed)
+      else:
+        batches = self._thread_batches(flat, batch_size, block, first_batch,
+                                       shard, augment, normalise, seed)
+      if cached:
+        batches = self._filling_cache(batches)
     if on_device:
       return self._normalised(batches)
     return self._normalised_on_host(batches) if cached else batches
@@ -682,16 +689,16 @@ class ImageSplit:
 
   def _filling_cache(self, batches):
     for batch in batches:
-      if not self._cached[batch["index"]].all():
-        self._cache[batch["index"]] = batch["image"]
-        self._cached[batch["index"]] = True
+      self._cache[batch["index"]] = batch["image"]
+      self._cached[batch["index"]] = True
       yield batch
 
   def _cached_batches(self, flat, batch_size, block, first_batch):
     """The batches gathered from the cache: this process's block of each
     batch from ``first_batch`` on, as the readers give them."""
-    for b in range(first_batch, len(flat) // batch_size):
-      index = flat[b * batch_size + block.start:b * batch_size + block.stop]
+    for positions in _block_positions(len(flat), batch_size, block,
+                                      first_batch):
+      index = flat[positions]
       yield {"image": self._cache[index], "label": self.labels[index].astype(
           np.int32), "index": index.astype(np.int32)}
 
@@ -722,12 +729,11 @@ class ImageSplit:
     if self._workers is None:
       self._workers = _WorkerPool(self, self.num_workers)
       weakref.finalize(self, self._workers.close)
-    rows = np.arange(block.start, block.stop)
-    tasks = ((flat[b * batch_size + rows], b * batch_size + rows, augment,
-              normalise, seed)
-             for b in range(first_batch, len(flat) // batch_size))
+    tasks = ((flat[positions], positions, augment, normalise, seed)
+             for positions in _block_positions(len(flat), batch_size, block,
+                                               first_batch))
     window = max(2 * self.num_workers,
-                 self.options.prefetch // len(rows))
+                 self.options.prefetch // (block.stop - block.start))
     return self._batches_or_restart(self._workers.batches(tasks, window))
 
   def _batches_or_restart(self, batches):
