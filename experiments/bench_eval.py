@@ -26,7 +26,12 @@ Phases:
   ``jax.lax.top_k``, ``jax.lax.approx_max_k`` and NumPy's ``argpartition``
   for k = 1000, in ms per query.
 * ``exact``: ``retrieval_metrics(knn_func=knn_function("exact"),
-  nmi=False)``, Recall@1, 10, 100, 1000, MAP@R and R-precision.
+  nmi=False)``, Recall@1, 10, 100, 1000, MAP@R and R-precision: the
+  symmetric pass of ``nngk_jax.metrics.self_retrieval``.
+* ``exact-list``: the same metrics from a plain list of the 1,000 exact
+  neighbours of every query (``knn.exact_knn``), as ``retrieval_metrics``
+  computes them for a search other than ``ExactKnn``, with the change of
+  every metric from ``exact``.
 * ``pynndescent``: the same with ``knn_function("pynndescent")`` (after
   ``neighbours.warm_up()``, timed apart: numba's compilation), with its
   ``search_recall`` on 1,000 sampled queries and the change of every metric
@@ -184,6 +189,22 @@ def _phase_exact(x, labels, args) -> dict:
                                    knn_func=metrics.knn_function("exact"))
 
 
+def _phase_exact_list(x, labels, args) -> dict:
+  """The exact search as a plain neighbour list (k = 1000 at SOP size).
+
+  What ``retrieval_metrics`` did before the symmetric pass of
+  ``nngk_jax.metrics.self_retrieval``: a search that is not an ``ExactKnn``
+  takes this path.
+  """
+  from nngk_jax import knn, metrics
+
+  def listed(queries, data, k, query_ids=None):
+    return knn.exact_knn(queries, data, k=k, query_ids=query_ids)[0]
+
+  return metrics.retrieval_metrics(x, labels, recall_ks=args["recall_ks"],
+                                   nmi=False, knn_func=listed)
+
+
 def _phase_pynndescent(x, labels, args) -> dict:
   from nngk_jax import metrics, neighbours
   warm = neighbours.warm_up("pynndescent")
@@ -232,6 +253,7 @@ def _phase_nmi_sklearn(x, labels, args) -> dict:
 _PHASES = {
     "topk": _phase_topk,
     "exact": _phase_exact,
+    "exact-list": _phase_exact_list,
     "pynndescent": _phase_pynndescent,
     "nmi": _phase_nmi,
     "nmi-random": _phase_nmi_random,
@@ -314,7 +336,8 @@ def main() -> None:
     if phase == "exact":
       exact = report["result"]
     reports.append(report)
-    print(_format(report, exact if phase == "pynndescent" else None), flush=True)
+    print(_format(report, exact if phase in ("pynndescent", "exact-list")
+                  else None), flush=True)
   print(f"total {time.perf_counter() - start:.0f} s")
   if parsed.json:
     parsed.json.write_text(json.dumps(dict(args=args, reports=reports), indent=1))

@@ -45,6 +45,7 @@ from nngk_jax.metrics.clustering import NMI_METHODS
 from nngk_jax.metrics.clustering import KmeansFunction
 from nngk_jax.metrics.clustering import _check_embeddings
 from nngk_jax.metrics.clustering import kmeans_function
+from nngk_jax.metrics.self_retrieval import self_retrieval
 
 __all__ = [
     "SEARCH_METHODS",
@@ -479,10 +480,16 @@ def retrieval_metrics(
 
   The neighbours come from one call
   ``knn_func(x, x, k, query_ids=np.arange(N))`` (``x`` the embeddings in
-  float32; see :class:`KnnFunction`), by default the exact search
-  (:class:`ExactKnn`); :func:`knn_function` looks one up by name. A search
-  that measures itself (:class:`PyNNDescentKnn`) adds its
-  ``"search_recall"``. NMI clusters ``x`` into as many clusters as classes
+  float32; see :class:`KnnFunction`); :func:`knn_function` looks one up by
+  name. A search that measures itself (:class:`PyNNDescentKnn`) adds its
+  ``"search_recall"``. The default, the exact search (:class:`ExactKnn`),
+  is not called as a list of :math:`k` neighbours but run as one symmetric
+  pass (:func:`nngk_jax.metrics.self_retrieval.self_retrieval`): the first
+  :math:`\max R` neighbours for MAP@R and R-precision, and for Recall@K
+  only the rank of each query's nearest positive, however large K. The
+  metrics are the same; at Stanford Online Products scale (K = 1000, R at
+  most 11) it does half the matmuls and lists 11 neighbours per query
+  instead of 1,000 (``docs/benchmarks.md``). NMI clusters ``x`` into as many clusters as classes
   with ``kmeans_func(x, num_classes, seed)``, by default
   ``kmeans_function("auto")`` (scikit-learn up to 200 classes, the JAX
   k-means above; see :func:`~nngk_jax.metrics.clustering.kmeans_function`).
@@ -492,7 +499,9 @@ def retrieval_metrics(
     labels: ``[num_examples]`` class labels.
     recall_ks: the values of K for Recall@K (1, 2, 4, 8 for CUB and Cars;
       1, 10, 100, 1000 for Stanford Online Products).
-    knn_func: the neighbour search; None for ``knn_function("exact")``.
+    knn_func: the neighbour search; None for ``knn_function("exact")``
+      (whose ``chunk_size``, if set, is the side of the symmetric pass's
+      blocks).
     kmeans_func: the clustering of NMI; None for
       ``kmeans_function("auto")``.
     nmi: whether to compute NMI.
@@ -566,24 +575,38 @@ def retrieval_metrics(
       labels, return_inverse=True, return_counts=True)
   codes = codes.reshape(-1).astype(np.int32)
   counts = (class_sizes[codes] - 1).astype(np.int64)
-  k = min(max(max(recall_ks), int(counts.max())), num_examples - 1)
-  neighbour_idx = _check_neighbours(
-      knn_func(embeddings32, embeddings32, k,
-               query_ids=np.arange(num_examples)),
-      num_examples, k)
-  search_recall = getattr(knn_func, "search_recall", None)
-
   keep = counts > 0
-  neighbour_labels = codes[neighbour_idx[keep]]
-  del neighbour_idx
   query_labels = codes[keep]
   query_counts = counts[keep]
-  # A K beyond the N - 1 neighbours that exist is evaluated at N - 1.
-  evaluated_ks = sorted({min(recall_k, k) for recall_k in recall_ks})
-  capped = recall_at_k(neighbour_labels, query_labels, evaluated_ks)
-  result = {
-      f"recall@{recall_k}": capped[f"recall@{min(recall_k, k)}"]
-      for recall_k in recall_ks}
+  max_r = int(counts.max())
+  search_recall = None
+  if isinstance(knn_func, ExactKnn) and max_r > 0:
+    # One symmetric pass: the first R neighbours for MAP@R, and for
+    # Recall@K only the rank of each query's nearest positive, however
+    # large K (nngk_jax.metrics.self_retrieval).
+    neighbour_idx, ahead = self_retrieval(
+        embeddings32, codes, k=max_r, block_size=knn_func.chunk_size)
+    neighbour_labels = codes[neighbour_idx[keep]]
+    # Fewer than K items ahead of the nearest positive: a hit within K (a
+    # K beyond the N - 1 neighbours that exist counts every query).
+    result = {
+        f"recall@{recall_k}": float(np.mean(ahead[keep] < recall_k))
+        for recall_k in recall_ks}
+  else:
+    k = min(max(max(recall_ks), max_r), num_examples - 1)
+    neighbour_idx = _check_neighbours(
+        knn_func(embeddings32, embeddings32, k,
+                 query_ids=np.arange(num_examples)),
+        num_examples, k)
+    search_recall = getattr(knn_func, "search_recall", None)
+    neighbour_labels = codes[neighbour_idx[keep]]
+    # A K beyond the N - 1 neighbours that exist is evaluated at N - 1.
+    evaluated_ks = sorted({min(recall_k, k) for recall_k in recall_ks})
+    capped = recall_at_k(neighbour_labels, query_labels, evaluated_ks)
+    result = {
+        f"recall@{recall_k}": capped[f"recall@{min(recall_k, k)}"]
+        for recall_k in recall_ks}
+  del neighbour_idx
   result["map@r"] = map_at_r(neighbour_labels, query_labels, query_counts)
   result["r_precision"] = r_precision(neighbour_labels, query_labels, query_counts)
   del neighbour_labels
