@@ -1,7 +1,9 @@
 """Exact k-nearest-neighbour search by chunked brute force in JAX.
 
 This is the reference every approximate search in the project is measured
-against, and the backend of the retrieval metrics. Memory stays bounded: the
+against, and the exact search of the neighbour graphs. (The retrieval
+metrics rank a set against itself with a symmetric pass of their own,
+:mod:`nngk_jax.metrics.self_retrieval`.) Memory stays bounded: the
 queries are processed ``chunk_size`` at a time, so the largest array built is
 ``[chunk_size, num_data]`` squared distances, never ``[num_queries,
 num_data]``.
