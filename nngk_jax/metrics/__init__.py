@@ -12,6 +12,9 @@ Modules:
               ``ExactKnn``, ``PyNNDescentKnn``)
   clustering  ``kmeans`` (JAX), ``nmi_kmeans``, the clusterings of NMI
               (``kmeans_function``)
+  self_retrieval
+              ``self_retrieval``: the symmetric exact pass behind
+              ``retrieval_metrics``' default search
 
 Every public name of both is importable from here::
 
