@@ -146,9 +146,10 @@ def test_singletons_have_no_positive():
 
 @pytest.mark.parametrize("integer", [True, False])
 def test_retrieval_metrics_same_from_list_and_symmetric_pass(integer):
-  # The default exact search takes the symmetric pass; any other search
-  # callable (here the exact search as a plain list) gives a neighbour list
-  # of max(K, R). Both must give the same metrics, K = 1000 beyond N too.
+  # With a K above every R the default exact search takes the symmetric
+  # pass; any other search callable (here the exact search as a plain
+  # list) gives a neighbour list of max(K, R). Both must give the same
+  # metrics, K = 1000 beyond N too.
   points, codes = _problem(6, 90, 4, 15, integer)
   ks = (1, 2, 5, 20, 1000)
 
@@ -164,6 +165,26 @@ def test_retrieval_metrics_same_from_list_and_symmetric_pass(integer):
                                         nmi=False, knn_func=listed)
   assert symmetric == from_list == blocked
   assert symmetric["recall@1000"] == 1.0
+  # K <= R: the exact search gives its list; the same metrics again.
+  short = metrics.retrieval_metrics(points, codes, recall_ks=(1, 2), nmi=False)
+  assert short == {name: symmetric[name] for name in short}
+
+
+def test_symmetric_pass_only_when_k_exceeds_r(monkeypatch):
+  points, codes = _problem(8, 40, 3, 8, integer=False)
+  calls = []
+  original = srlib.self_retrieval
+
+  def counted(*args, **kwargs):
+    calls.append(kwargs["k"])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(metrics.retrieval, "self_retrieval", counted)
+  max_r = int((np.bincount(codes)[codes] - 1).max())
+  metrics.retrieval_metrics(points, codes, recall_ks=(max_r,), nmi=False)
+  assert not calls
+  metrics.retrieval_metrics(points, codes, recall_ks=(1, max_r + 1), nmi=False)
+  assert calls == [max_r]
 
 
 def test_errors():

@@ -482,14 +482,15 @@ def retrieval_metrics(
   ``knn_func(x, x, k, query_ids=np.arange(N))`` (``x`` the embeddings in
   float32; see :class:`KnnFunction`); :func:`knn_function` looks one up by
   name. A search that measures itself (:class:`PyNNDescentKnn`) adds its
-  ``"search_recall"``. The default, the exact search (:class:`ExactKnn`),
-  is not called as a list of :math:`k` neighbours but run as one symmetric
-  pass (:func:`nngk_jax.metrics.self_retrieval.self_retrieval`): the first
+  ``"search_recall"``. When the largest K exceeds every R, the default
+  exact search (:class:`ExactKnn`) is not asked for a list of :math:`k`
+  neighbours but run as one symmetric pass
+  (:func:`nngk_jax.metrics.self_retrieval.self_retrieval`): the first
   :math:`\max R` neighbours for MAP@R and R-precision, and for Recall@K
-  only the rank of each query's nearest positive, however large K. The
-  metrics are the same; at Stanford Online Products scale (K = 1000, R at
-  most 11) it does half the matmuls and lists 11 neighbours per query
-  instead of 1,000 (``docs/benchmarks.md``). NMI clusters ``x`` into as many clusters as classes
+  only the rank of each query's nearest positive. The metrics are the
+  same; at Stanford Online Products scale (K = 1000, R at most 11) it does
+  half the matmuls and lists 11 neighbours per query instead of 1,000
+  (``docs/benchmarks.md``). NMI clusters ``x`` into as many clusters as classes
   with ``kmeans_func(x, num_classes, seed)``, by default
   ``kmeans_function("auto")`` (scikit-learn up to 200 classes, the JAX
   k-means above; see :func:`~nngk_jax.metrics.clustering.kmeans_function`).
@@ -580,10 +581,11 @@ def retrieval_metrics(
   query_counts = counts[keep]
   max_r = int(counts.max())
   search_recall = None
-  if isinstance(knn_func, ExactKnn) and max_r > 0:
+  if isinstance(knn_func, ExactKnn) and 0 < max_r < max(recall_ks):
     # One symmetric pass: the first R neighbours for MAP@R, and for
     # Recall@K only the rank of each query's nearest positive, however
-    # large K (nngk_jax.metrics.self_retrieval).
+    # large K (nngk_jax.metrics.self_retrieval). Where K <= R the list
+    # below is no longer, and cheaper (docs/benchmarks.md).
     neighbour_idx, ahead = self_retrieval(
         embeddings32, codes, k=max_r, block_size=knn_func.chunk_size)
     neighbour_labels = codes[neighbour_idx[keep]]
