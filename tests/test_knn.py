@@ -68,3 +68,63 @@ def test_exact_knn_errors():
     knn.exact_knn(x, x, k=1, chunk_size=0)
   with pytest.raises(ValueError, match=r"query_ids must be \[4\], got \(3,\)"):
     knn.exact_knn(x, x, k=1, query_ids=np.arange(3))
+
+
+# ------------------------------------------------------------ exact_self_knn
+
+
+@pytest.mark.parametrize("num_points, k, block_size, integer", [
+    (60, 59, 16, False),    # every other point; blocks not dividing N
+    (70, 5, 7, True),       # ties everywhere
+    (300, 4, 128, True),    # the two-level top-k (groups of 16 at k = 4)
+    (300, 3, 256, False),   # groups of 32; the last block padded
+    (45, 1, None, False),   # one block (all of N)
+])
+def test_exact_self_knn_matches_loop_reference(num_points, k, block_size,
+                                               integer):
+  rng = np.random.default_rng(num_points + k)
+  if integer:
+    points = rng.integers(-2, 3, (num_points, 3)).astype(np.float32)
+  else:
+    points = rng.normal(size=(num_points, 6)).astype(np.float32)
+  idx, d2, ahead = knn.exact_self_knn(points, k=k, block_size=block_size)
+  want_idx, want_d2 = _reference_knn(points, points, k, np.arange(num_points))
+  assert ahead is None and idx.dtype == np.int32 and d2.dtype == np.float32
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_allclose(d2, want_d2, rtol=1e-4, atol=1e-4)
+  # The same answer as the row-by-row search.
+  np.testing.assert_array_equal(
+      idx, knn.exact_knn(points, points, k=k, query_ids=np.arange(num_points))[0])
+
+
+def test_exact_self_knn_counts_other_codes_ahead():
+  # ahead_i: points of another code before (d, p) in (distance, index)
+  # order, by a loop over every pair.
+  rng = np.random.default_rng(3)
+  points = rng.integers(-2, 3, (90, 2)).astype(np.float32)
+  codes = rng.integers(0, 4, 90)
+  threshold_id = rng.integers(0, 90, 90)
+  threshold_d2 = np.sum((points - points[threshold_id]) ** 2, axis=1)
+  _, _, ahead = knn.exact_self_knn(
+      points, k=2, block_size=32, ahead_of=(codes, threshold_d2, threshold_id))
+  for i in range(90):
+    want = 0
+    for j in range(90):
+      d2 = float(np.sum((points[i] - points[j]) ** 2))
+      if j != i and codes[j] != codes[i] and (
+          (d2, j) < (float(threshold_d2[i]), int(threshold_id[i]))):
+        want += 1
+    assert ahead[i] == want, i
+
+
+def test_exact_self_knn_errors():
+  points = np.zeros((5, 2), np.float32)
+  with pytest.raises(ValueError, match="only 4 others"):
+    knn.exact_self_knn(points, k=5)
+  with pytest.raises(ValueError, match=r"\[N, D\]"):
+    knn.exact_self_knn(np.zeros(5), k=1)
+  with pytest.raises(ValueError, match="block_size"):
+    knn.exact_self_knn(points, k=1, block_size=0)
+  with pytest.raises(ValueError, match="ahead_of"):
+    knn.exact_self_knn(points, k=1, ahead_of=(np.zeros(5), np.zeros(4),
+                                              np.zeros(5)))

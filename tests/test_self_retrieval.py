@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nngk_jax import knn
 from nngk_jax import metrics
 from nngk_jax.metrics import self_retrieval as srlib
 
@@ -79,7 +80,7 @@ def test_two_level_smallest_matches_sort(k):
   d2[950:, 3] = -1.0
   for axis in (1, 0):  # rows; columns, read in place
     # pylint: disable-next=protected-access
-    values, got = map(np.asarray, srlib._smallest(d2, k, axis=axis))
+    values, got = map(np.asarray, knn._smallest(d2, k, axis=axis))
     lines = d2 if axis == 1 else d2.T
     for row in range(len(lines)):
       want = np.lexsort((np.arange(lines.shape[1]), lines[row]))[:k]
