@@ -32,6 +32,8 @@ Phases:
   neighbours of every query (``knn.exact_knn``), as ``retrieval_metrics``
   computes them for a search other than ``ExactKnn``, with the change of
   every metric from ``exact``.
+* ``full``: ``retrieval_metrics`` with every default, NMI included: the
+  whole evaluation as the trainer runs it.
 * ``pynndescent``: the same with ``knn_function("pynndescent")`` (after
   ``neighbours.warm_up()``, timed apart: numba's compilation), with its
   ``search_recall`` on 1,000 sampled queries and the change of every metric
@@ -205,6 +207,12 @@ def _phase_exact_list(x, labels, args) -> dict:
                                    nmi=False, knn_func=listed)
 
 
+def _phase_full(x, labels, args) -> dict:
+  """The whole evaluation as the trainer runs it: every default."""
+  from nngk_jax import metrics
+  return metrics.retrieval_metrics(x, labels, recall_ks=args["recall_ks"])
+
+
 def _phase_pynndescent(x, labels, args) -> dict:
   from nngk_jax import metrics, neighbours
   warm = neighbours.warm_up("pynndescent")
@@ -254,6 +262,7 @@ _PHASES = {
     "topk": _phase_topk,
     "exact": _phase_exact,
     "exact-list": _phase_exact_list,
+    "full": _phase_full,
     "pynndescent": _phase_pynndescent,
     "nmi": _phase_nmi,
     "nmi-random": _phase_nmi_random,
