@@ -332,8 +332,10 @@ class PyNNDescentKnn:
   exact neighbours cost that many rows of exact search), or None when
   ``search_recall_queries`` is 0. On a 2-core CPU at Stanford Online
   Products scale (60,502 points, :math:`k = 1000`) exact search is the
-  faster by far: 80 s against 14 minutes, since PyNNDescent's search for
-  1,001 neighbours runs on one core (``docs/benchmarks.md``).
+  faster by far: 80 s as a list of 1,000 neighbours (less as
+  :func:`retrieval_metrics`' symmetric pass) against 14 minutes, since
+  PyNNDescent's search for 1,001 neighbours runs on one core
+  (``docs/benchmarks.md``).
 
   Attributes:
     seed: seed of NN-descent and of the recall sample.
