@@ -393,7 +393,8 @@ def exact_self_knn(
             jnp.zeros((block,), jnp.int32)) for _ in range(num_blocks)]
   for i in range(num_blocks):
     state[i] = _diagonal_block(state[i], x[i], squared[i], ids[i],
-                               code_blocks[i], pos_d2[i], pos_id[i], k=k, count=count)
+                               code_blocks[i], pos_d2[i], pos_id[i], k=k,
+                               count=count)
     for j in range(i + 1, num_blocks):
       state[i], state[j] = _block_pair(
           state[i], state[j], x[i], x[j], squared[i], squared[j], ids[i],

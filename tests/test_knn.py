@@ -94,7 +94,8 @@ def test_exact_self_knn_matches_loop_reference(num_points, k, block_size,
   np.testing.assert_allclose(d2, want_d2, rtol=1e-4, atol=1e-4)
   # The same answer as the row-by-row search.
   np.testing.assert_array_equal(
-      idx, knn.exact_knn(points, points, k=k, query_ids=np.arange(num_points))[0])
+      idx,
+      knn.exact_knn(points, points, k=k, query_ids=np.arange(num_points))[0])
 
 
 def test_exact_self_knn_counts_other_codes_ahead():

@@ -93,7 +93,8 @@ def nearest_positives(
       for begin in range(0, len(members), rows):
         group = members[begin:begin + rows]  # [classes, size]
         x = points[group]
-        d2 = (squared_norms[group][:, :, None] + squared_norms[group][:, None, :]
+        norms = squared_norms[group]
+        d2 = (norms[:, :, None] + norms[:, None, :]
               - 2.0 * np.matmul(x, x.transpose(0, 2, 1)))
         np.maximum(d2, 0.0, out=d2)
         d2[:, np.arange(size), np.arange(size)] = np.inf
