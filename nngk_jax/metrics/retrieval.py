@@ -295,8 +295,8 @@ class ExactKnn:
   duplicate of the query is still found).
 
   Attributes:
-    chunk_size: queries per chunk (see ``exact_knn``); None for at most 32M
-      distances per chunk.
+    chunk_size: queries per chunk (see ``exact_knn``); None for its
+      default.
 
   Examples:
     >>> import numpy as np
