@@ -55,10 +55,13 @@ def _probe(state, subset, subset_index, bank, config) -> dict:
   labels = np.asarray(subset.labels)
   same = bank.labels[idx] == labels[:, None]
   cos = np.einsum("bd,bkd->bk", unit, centres[idx])
+  class_size = np.bincount(bank.labels)[labels] - 1
+  pos_in_k = float(np.mean(same.sum(1) / np.maximum(class_size, 1)))
   spectrum = np.linalg.svd(unit - unit.mean(0), compute_uv=False) ** 2
   spectrum = spectrum / spectrum.sum()
   eff_rank = float(np.exp(-np.sum(spectrum * np.log(spectrum + 1e-12))))
-  out = {"mean_cos": float(mean_cos), "drift": drift, "eff_rank": eff_rank,
+  out = {"pos_in_k": pos_in_k, "mean_cos": float(mean_cos), "drift": drift,
+         "eff_rank": eff_rank,
          "pos_cos": float(cos[same].mean()) if same.any() else float("nan"),
          "neg_cos": float(cos[~same].mean())}
   per_example = np.asarray(losses.gaussian_kernel_loss(
