@@ -13,6 +13,11 @@ with no network. Prints, per (K, sigma), the loss at the own centre and at
 the optimum and the cosine of the optimum to the own centre: how far, and
 for how much gain, the loss pulls a query away from the stored bank.
 
+First it prints the class structure of the run's training and test
+embeddings (R@1, R-precision, the share of an example's same-class images
+among its 128 nearest, mean cosine over random pairs and over same-class
+pairs: section 1's table).
+
 Run:  python experiments/sigma_free_query.py RUN_WORKDIR
 """
 
@@ -28,9 +33,30 @@ from nngk_jax import evaluation
 from nngk_jax import train as trainlib
 
 
+def class_structure(name: str, embeddings: np.ndarray,
+                    labels: np.ndarray) -> None:
+  unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+  gram = unit @ unit.T
+  n = len(labels)
+  pairs = (gram.sum() - np.trace(gram)) / (n * (n - 1))
+  np.fill_diagonal(gram, -np.inf)
+  same = labels[np.argsort(-gram, axis=1)] == labels[:, None]
+  others = np.bincount(labels)[labels] - 1
+  r_precision = np.mean([same[i, :others[i]].mean() for i in range(n)])
+  in_128 = np.mean(same[:, :128].sum(axis=1) / others)
+  class_mask = (labels[:, None] == labels[None, :]) & np.isfinite(gram)
+  print(f"{name}: R@1 {same[:, 0].mean():.3f}, R-precision "
+        f"{r_precision:.3f}, same-class among 128 nearest {in_128:.3f}, "
+        f"mean cos random pairs {pairs:.3f}, same-class pairs "
+        f"{gram[class_mask].mean():.3f}")
+
+
 def main(workdir: str) -> None:
   warnings.filterwarnings("ignore")  # a mid-epoch checkpoint is fine here
   _, dataset, state = trainlib.load_trained(workdir)
+  for name, split in (("train", dataset.train), ("test", dataset.test)):
+    class_structure(name, evaluation.embed_split(state, split, 256)[0],
+                    np.asarray(split.labels))
   centres = evaluation.embed_split(state, dataset.train, 256)[0]
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   labels = np.asarray(dataset.train.labels)
