@@ -56,7 +56,7 @@ from nngk_jax import neighbours as neighbourlib
 from nngk_jax import parallel
 
 __all__ = ["BankState", "BankView", "CentreBank", "has_positive",
-           "update_batch_centres"]
+           "positive_share", "update_batch_centres"]
 
 
 @flax.struct.dataclass
@@ -153,6 +153,39 @@ def has_positive(graph: neighbourlib.NeighbourGraph,
   """
   same = centre_labels[graph.indices] == centre_labels[:, None]
   return (same & graph.mask).any(axis=1)
+
+
+def positive_share(graph: neighbourlib.NeighbourGraph,
+                   centre_labels: np.ndarray) -> float:
+  r"""Mean share of a centre's same-class centres among its K nearest.
+
+  .. math::
+    \frac{1}{|I|} \sum_{i \in I}
+      \frac{|\{j \in N_K(i) : y_j = y_i\}|}{n_{y_i} - 1}
+
+  with :math:`n_c` the size of class :math:`c` and :math:`I` the centres
+  whose class has another member (``nan`` when there is none). Only the K
+  nearest columns count, not the appended same-class ones. It is the reach
+  of the loss: a same-class centre outside :math:`N_K(i)` exerts no pull on
+  example ``i``. Near 1 when each class is one compact cluster; it falls
+  when classes split into groups farther apart than the K-th neighbour
+  (the cliff of docs/sigma_cliff.md). The history's ``positive_share``.
+
+  Examples:
+    >>> import numpy as np
+    >>> g = neighbourlib.NeighbourGraph(np.array([[1], [0], [0]], np.int32),
+    ...                                 np.ones((3, 1), bool))
+    >>> positive_share(g, np.array([0, 0, 0]))  # 1 of 2 others each
+    0.5
+  """
+  k = graph.indices.shape[1] - graph.num_same_class
+  same = ((centre_labels[graph.indices[:, :k]] == centre_labels[:, None])
+          & graph.mask[:, :k])
+  others = np.bincount(centre_labels)[centre_labels] - 1
+  keep = others > 0
+  if not keep.any():
+    return float("nan")
+  return float(np.mean(same.sum(axis=1)[keep] / others[keep]))
 
 
 class CentreBank:
@@ -304,7 +337,7 @@ class CentreBank:
     Returns:
       ``(state, record)``: the new arrays and what happened, for the
       run's history (``refresh_seconds``, ``graph_seconds``,
-      ``missing_positive_fraction``).
+      ``missing_positive_fraction``, ``positive_share``).
 
     Raises:
       checks.TrainingDivergedError: an embedding is NaN or infinite.
@@ -335,6 +368,7 @@ class CentreBank:
       self._install(graph, positive)
       record["graph_seconds"] = seconds
       record["missing_positive_fraction"] = float(np.mean(~positive))
+      record["positive_share"] = positive_share(graph, self.labels)
     return state, record
 
   def _build(self, centres: np.ndarray):
@@ -407,7 +441,8 @@ class CentreBank:
     self._swap_record = {
         "graph_seconds_background": seconds,
         "graph_swap_step": self._steps_since_submit,
-        "missing_positive_fraction": float(np.mean(~positive))}
+        "missing_positive_fraction": float(np.mean(~positive)),
+        "positive_share": positive_share(graph, self.labels)}
 
   def wait_for_graph(self) -> None:
     """Blocks until a background build (if any) is installed."""

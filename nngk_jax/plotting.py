@@ -98,7 +98,8 @@ def plot_history(history: Sequence[Mapping[str, Any]],
   Writes ``<prefix>loss.png`` (``train_loss`` against epoch, with panels
   for ``embedding_norm`` and for the spread of the centre log-weights,
   ``log_weight_min`` / ``_std`` / ``_max``, and for the share of centres
-  with no same-class neighbour, ``missing_positive_fraction``, when the
+  with no same-class neighbour, ``missing_positive_fraction``, and of the
+  same-class centres among the K nearest, ``positive_share``, when the
   records have them: the curves that show at once whether training is
   drifting) and
   ``<prefix>metrics.png`` (every ``recall@K``, ``map@r``, ``r_precision``,
@@ -148,6 +149,9 @@ def plot_history(history: Sequence[Mapping[str, Any]],
     if _series(history, "missing_positive_fraction")[0]:
       panels.append(("missing_positive_fraction", "share",
                      "Centres with no same-class neighbour"))
+    if _series(history, "positive_share")[0]:
+      panels.append(("positive_share", "share",
+                     "Same-class centres among the K nearest"))
     fig = Figure(figsize=(6, 3 * len(panels) + 1), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (key, ylabel, title) in zip(axes, panels):

@@ -6,6 +6,7 @@ import pytest
 
 from nngk_jax import bank as banklib
 from nngk_jax import checks
+from nngk_jax import neighbours as neighbourlib
 
 
 def _bank(n=30, dim=4, **kwargs):
@@ -33,7 +34,7 @@ def test_refresh_follows_the_schedule_and_records_what_it_did():
   state, record = bank.refresh(state, 0, embed(0))
   np.testing.assert_array_equal(np.asarray(state.centres), _points(seed=0))
   assert set(record) == {"refresh_seconds", "graph_seconds",
-                         "missing_positive_fraction"}
+                         "missing_positive_fraction", "positive_share"}
   state, record = bank.refresh(state, 1, embed(1))  # not due: nothing to do
   assert record == {} and calls == [0]
   state, record = bank.refresh(state, 2, embed(2))
@@ -45,7 +46,8 @@ def test_resumed_bank_rebuilds_its_graph_without_embedding():
   bank, _ = _bank(refresh_every=3)
   state = bank.init_state().replace(centres=jnp.asarray(_points()))
   state, record = bank.refresh(state, 1, lambda: pytest.fail("no refresh"))
-  assert set(record) == {"graph_seconds", "missing_positive_fraction"}
+  assert set(record) == {"graph_seconds", "missing_positive_fraction",
+                         "positive_share"}
   assert bank.batch_extras(np.array([0]))["neighbour_idx"].shape == (1, 6)
 
 
@@ -68,6 +70,30 @@ def test_batch_extras_match_a_loop_over_the_exact_neighbours():
       assert extras["has_positive"][row] == has
   assert record["missing_positive_fraction"] == pytest.approx(
       missing / len(points))
+  # positive_share: a loop over the same exact neighbours.
+  shares = []
+  for i in range(len(points)):
+    d2 = ((points - points[i]) ** 2).sum(1)
+    d2[i] = np.inf
+    others = int((labels == labels[i]).sum()) - 1
+    if others:
+      shares.append((labels[np.argsort(d2)[:6]] == labels[i]).sum() / others)
+  assert record["positive_share"] == pytest.approx(np.mean(shares))
+
+
+def test_positive_share_skips_singletons_and_appended_columns():
+  # Centres 0-2 of class 0, 3 alone in class 1. K = 1 nearest, then one
+  # appended same-class column, which must not count.
+  graph = neighbourlib.NeighbourGraph(
+      np.array([[1, 2], [3, 0], [3, 0], [0, 0]], np.int32),
+      np.array([[True, True], [True, True], [True, True], [True, False]]),
+      num_same_class=1)
+  labels = np.array([0, 0, 0, 1])
+  # Rows 0-2 have 2 others: 1/2, 0/2, 0/2; row 3 has none (left out).
+  assert banklib.positive_share(graph, labels) == pytest.approx(1 / 6)
+  alone = neighbourlib.NeighbourGraph(np.array([[1], [0]], np.int32),
+                                      np.ones((2, 1), bool))
+  assert np.isnan(banklib.positive_share(alone, np.array([0, 1])))
 
 
 def test_batch_extras_before_refresh_is_an_error():

@@ -32,7 +32,7 @@ def _refreshed_state_and_batch(config):
       state.bank, 0, lambda: evaluation.embed_split(state, dataset.train,
                                                     256)[0])
   assert set(record) == {"refresh_seconds", "graph_seconds",
-                         "missing_positive_fraction"}
+                         "missing_positive_fraction", "positive_share"}
   state = state.replace(bank=bank_state)
   batch = next(train.batches(dataset.train, config, 0, bank))
   return dataset, model, bank, state, batch
