@@ -37,30 +37,28 @@ from nngk_jax.geometry import pairwise_squared_distances
 __all__ = ["exact_knn", "exact_self_knn"]
 
 # Largest number of squared distances held at once (float32: 4 bytes each):
-# on a CPU 32M (128 MiB) at most, and fewer for narrow points (below); 256M
-# (1 GiB) on an accelerator, where a chunk of a few dozen queries against a
-# million points would leave the device idle between the many small launches
-# (docs/benchmarks.md, "On a GPU").
+# on a CPU 32M (128 MiB), or 4M (16 MiB) for points of at most 128
+# dimensions; 256M (1 GiB) on an accelerator, where a chunk of a few dozen
+# queries against a million points would leave the device idle between the
+# many small launches (docs/benchmarks.md, "On a GPU").
 _DEFAULT_MAX_ELEMENTS = 1 << 25
 _ACCELERATOR_MAX_ELEMENTS = 1 << 28
-# On a CPU, distances per chunk per dimension of the points: 64K x D, so 4M
-# (16 MiB) at D = 64 and the full 32M from D = 512. A distance costs 2 D
-# flops to compute and the same to write and reduce whatever D: for narrow
-# points the writes dominate and a chunk that stays in the cache is twice
-# as fast, for wide ones the matmul dominates and wants long chunks
-# (docs/benchmarks.md, "Training graph").
-_CPU_ELEMENTS_PER_DIM = 1 << 16
-_CPU_MIN_ELEMENTS = 1 << 20
+# Measured on the 2-core CPU (docs/benchmarks.md, "Training graph"): for
+# narrow points a distance costs little to compute and as much as ever to
+# write and reduce, and chunks of 4M ran 1.5-2x faster than 32M (50,000 x
+# 64 and 40,000 x 128); from 256 dimensions the matmul dominates and 32M
+# ran faster (30,000 x 256: 6.5 s against 8.7-10.0 s).
+_NARROW_MAX_ELEMENTS = 1 << 22
+_NARROW_MAX_DIM = 128
 
 
 def _default_max_elements(dim: int | None = None) -> int:
   """Distances per chunk of the exact search for ``dim``-wide points."""
   if jax.default_backend() != "cpu":
     return _ACCELERATOR_MAX_ELEMENTS
-  if dim is None:
-    return _DEFAULT_MAX_ELEMENTS
-  return max(_CPU_MIN_ELEMENTS,
-             min(_DEFAULT_MAX_ELEMENTS, _CPU_ELEMENTS_PER_DIM * dim))
+  if dim is not None and dim <= _NARROW_MAX_DIM:
+    return _NARROW_MAX_ELEMENTS
+  return _DEFAULT_MAX_ELEMENTS
 
 
 @functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
@@ -93,8 +91,8 @@ def exact_knn(
       query *is*; that row is excluded from its own neighbours (self
       exclusion, as for a graph over ``data`` itself).
     chunk_size: queries per chunk; by default chosen so that one chunk holds
-      at most 64K x dim distances, between 1M and 32M, on a CPU (256M on a
-      GPU or TPU).
+      at most 32M distances on a CPU, 4M for points of at most 128
+      dimensions (256M on a GPU or TPU).
 
   Returns:
     ``(indices, squared_distances)``, ``[num_queries, k]`` int32 and float32,
