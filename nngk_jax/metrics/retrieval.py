@@ -492,8 +492,8 @@ def retrieval_metrics(
   only the rank of each query's nearest positive. The metrics are the
   same; at Stanford Online Products scale (K = 1000, R at most 11) it does
   half the matmuls and lists 11 neighbours per query instead of 1,000
-  (``docs/benchmarks.md``). NMI clusters ``x`` into as many clusters as classes
-  with ``kmeans_func(x, num_classes, seed)``, by default
+  (``docs/benchmarks.md``). NMI clusters ``x`` into as many clusters as
+  classes with ``kmeans_func(x, num_classes, seed)``, by default
   ``kmeans_function("auto")`` (scikit-learn up to 200 classes, the JAX
   k-means above; see :func:`~nngk_jax.metrics.clustering.kmeans_function`).
 
@@ -503,8 +503,8 @@ def retrieval_metrics(
     recall_ks: the values of K for Recall@K (1, 2, 4, 8 for CUB and Cars;
       1, 10, 100, 1000 for Stanford Online Products).
     knn_func: the neighbour search; None for ``knn_function("exact")``
-      (whose ``chunk_size``, if set, is the side of the symmetric pass's
-      blocks).
+      (whose ``chunk_size``, if set, is also the side of the symmetric
+      pass's blocks).
     kmeans_func: the clustering of NMI; None for
       ``kmeans_function("auto")``.
     nmi: whether to compute NMI.
