@@ -100,11 +100,12 @@ def main(argv=None) -> int:
   config.progress = False
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  log = open(out / "dynamics.jsonl", "w")
+  log_path = out / "dynamics.jsonl"
+  log_path.write_text("")
 
   def write(record):
-    log.write(json.dumps(record) + "\n")
-    log.flush()
+    with log_path.open("a") as log:
+      log.write(json.dumps(record) + "\n")
 
   dataset = datalib.load_dataset(config.dataset, **dict(config.data))
   trainlib.validate_config(config, dataset)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from nngk_jax import evaluation
+from nngk_jax import metrics
 from nngk_jax import train as trainlib
 
 
@@ -40,12 +41,14 @@ def class_structure(name: str, embeddings: np.ndarray,
   n = len(labels)
   pairs = (gram.sum() - np.trace(gram)) / (n * (n - 1))
   np.fill_diagonal(gram, -np.inf)
-  same = labels[np.argsort(-gram, axis=1)] == labels[:, None]
+  ranked = labels[np.argsort(-gram, axis=1)]
+  same = ranked == labels[:, None]
   others = np.bincount(labels)[labels] - 1
-  r_precision = np.mean([same[i, :others[i]].mean() for i in range(n)])
+  recall_1 = metrics.recall_at_k(ranked, labels, (1,))["recall@1"]
+  r_precision = metrics.r_precision(ranked, labels, others)
   in_128 = np.mean(same[:, :128].sum(axis=1) / others)
   class_mask = (labels[:, None] == labels[None, :]) & np.isfinite(gram)
-  print(f"{name}: R@1 {same[:, 0].mean():.3f}, R-precision "
+  print(f"{name}: R@1 {recall_1:.3f}, R-precision "
         f"{r_precision:.3f}, same-class among 128 nearest {in_128:.3f}, "
         f"mean cos random pairs {pairs:.3f}, same-class pairs "
         f"{gram[class_mask].mean():.3f}")
@@ -54,12 +57,12 @@ def class_structure(name: str, embeddings: np.ndarray,
 def main(workdir: str) -> None:
   warnings.filterwarnings("ignore")  # a mid-epoch checkpoint is fine here
   _, dataset, state = trainlib.load_trained(workdir)
-  for name, split in (("train", dataset.train), ("test", dataset.test)):
-    class_structure(name, evaluation.embed_split(state, split, 256)[0],
-                    np.asarray(split.labels))
   centres = evaluation.embed_split(state, dataset.train, 256)[0]
-  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   labels = np.asarray(dataset.train.labels)
+  class_structure("train", centres, labels)
+  class_structure("test", evaluation.embed_split(state, dataset.test, 256)[0],
+                  np.asarray(dataset.test.labels))
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   rows = np.random.default_rng(0).choice(len(labels), 800, replace=False)
   gram = centres[rows] @ centres.T
   gram[np.arange(len(rows)), rows] = -np.inf

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from nngk_jax.knn import _NO_INDEX
 from nngk_jax.knn import exact_self_knn
 
 __all__ = ["nearest_positives", "self_retrieval"]
 
 # Largest [classes, size, size] distance array of the first pass (64 MiB).
 _POSITIVE_PASS_ELEMENTS = 1 << 24
-_NO_INDEX = np.iinfo(np.int32).max
 
 
 def nearest_positives(
