@@ -27,7 +27,6 @@ import json
 import math
 import os
 import pathlib
-import runpy
 import signal
 import sys
 import time
@@ -630,5 +629,7 @@ def _print_record(record: dict) -> None:
 
 if __name__ == "__main__":
   # ``python -m nngk_jax.train`` (what ``make train`` and the docs run) is
-  # the command line of nngk_jax.cli, run as the main module.
-  runpy.run_module("nngk_jax.cli", run_name="__main__")
+  # the command line of nngk_jax.cli, under a light main module that the
+  # input pipeline's worker processes do not import again.
+  from nngk_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_program("nngk_jax.cli")

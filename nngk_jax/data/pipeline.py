@@ -397,7 +397,9 @@ class LoaderOptions:
       one per host core, up to 16, when JAX runs on a GPU or TPU in one
       process, else 0. Processes are started with ``spawn``, which imports
       the program's main module anew: a script must guard its entry point
-      with ``if __name__ == "__main__":``.
+      with ``if __name__ == "__main__":``. The package's command lines run
+      under a light main module instead (:func:`nngk_jax.cli.run_program`),
+      so their workers import only the pipeline.
     prefetch: images decoded ahead of the consumer, per process.
     normalise_on_device: the workers return ``uint8`` crops and each batch
       is normalised on JAX's default device after its transfer
