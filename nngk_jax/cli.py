@@ -72,8 +72,8 @@ def run_program(module: str) -> NoReturn:
   module. A worker process started with ``spawn`` imports its parent's main
   module again, unless it is a package's ``__main__``; without this, each
   input-pipeline worker of ``python -m nngk_jax.train`` imported the whole
-  trainer (2.7 s of CPU and 311 MiB before its first image, against 0.7 s
-  and 159 MiB for the pipeline it uses; docs/benchmarks.md). ``module`` is
+  trainer (2.3-2.5 s of CPU and 305 MiB per worker, against 0.6-0.7 s and
+  157 MiB for the pipeline it uses; docs/benchmarks.md). ``module`` is
   imported under its own name, so what it defines pickles by that name.
 
   Args:
