@@ -342,6 +342,60 @@ def test_a_dead_worker_fails_the_pass_and_the_next_one_restarts():
     split.close()
 
 
+def test_the_split_file_lives_as_long_as_the_workers():
+  import os
+  split = _split(num=12, num_workers=1, prefetch=4)
+  try:
+    _pass(split)
+    path = split._workers.split_path  # pylint: disable=protected-access
+    with open(path, "rb") as f:  # what each worker loads at its start
+      shipped = pickle.load(f)
+    assert shipped._workers is None and shipped.num_workers == 0  # pylint: disable=protected-access
+    np.testing.assert_array_equal(shipped.labels, split.labels)
+    split.close()
+    assert not os.path.exists(path)
+    assert len(_pass(split)) == 3  # a new pool, with a new file
+    assert split._workers.split_path != path  # pylint: disable=protected-access
+  finally:
+    split.close()
+
+
+UNGUARDED_SCRIPT = """
+import sys
+import numpy as np
+from nngk_jax import data
+from nngk_jax.data import pipeline
+# 40 images of 80 x 80: the pickled split is 768 KiB, over a pipe's buffer.
+records = [np.full((80, 80, 3), i, np.uint8) for i in range(40)]
+split = pipeline.ImageSplit(records, np.arange(40) % 2, ("a", "b"),
+                            pipeline.ImageTransform(resize=8, crop=8),
+                            options=pipeline.LoaderOptions(num_workers=1))
+list(data.iterate_batches(split, 4, seed=0, epoch=0))  # no __main__ guard
+print("unreachable: the workers re-run this script and fail")
+"""
+
+
+def test_a_script_without_main_guard_fails_instead_of_hanging(tmp_path):
+  """Each worker re-runs an unguarded script, whose pipeline then fails to
+  start processes while bootstrapping: the worker dies at once. The parent
+  must see that, not block sending it a split larger than a pipe holds."""
+  import pathlib
+  import subprocess
+  import sys
+  script = tmp_path / "unguarded.py"
+  script.write_text(UNGUARDED_SCRIPT)
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "", "PYTHONPATH": root,
+                               "JAX_PLATFORMS": "cpu", "TMPDIR": str(tmp_path)})
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "unreachable" not in result.stdout
+  assert "not guarded by `if __name__ == '__main__':`" in result.stderr
+  assert "bootstrapping phase" in result.stderr  # the worker's own error
+  assert not list(tmp_path.glob("nngk_jax_split_*"))  # removed on the way out
+
+
 def test_worker_errors_reach_the_caller(tmp_path):
   bad = tmp_path / "broken.jpg"
   bad.write_bytes(b"not an image")

@@ -486,9 +486,12 @@ class _Reader:
 _WORKER_SPLIT: "ImageSplit | None" = None
 
 
-def _start_worker(split: "ImageSplit") -> None:
+def _start_worker(split_path: str) -> None:
+  """A worker's initializer: loads the split its parent pickled to a file."""
+  import pickle  # pylint: disable=g-import-not-at-top
   global _WORKER_SPLIT
-  _WORKER_SPLIT = split
+  with open(split_path, "rb") as f:
+    _WORKER_SPLIT = pickle.load(f)
 
 
 def _read_batch(task: tuple) -> dict:
@@ -509,17 +512,34 @@ class _WorkerPool:
   (``spawn``: a forked JAX process can deadlock) and are handed index
   batches; at most ``window`` batches are in flight, so memory stays
   bounded whatever the consumer's pace.
+
+  The split reaches the workers through a temporary file, pickled once;
+  each worker is handed only its path. Handed the split itself, a parent
+  whose worker died while starting (a script without the ``if __name__ ==
+  "__main__":`` guard, an import error) blocked for ever: ``spawn`` writes
+  the pickled process into a pipe whose reading end the parent still holds
+  open, so a pickle larger than the pipe's buffer (64 KiB; the split of
+  CUB's TFDS records is larger) never finishes once the child is gone.
   """
 
   def __init__(self, split: "ImageSplit", num_workers: int):
     import multiprocessing  # pylint: disable=g-import-not-at-top
+    import pickle  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
     from concurrent import futures  # pylint: disable=g-import-not-at-top
+    self.pool = None
+    fd, self.split_path = tempfile.mkstemp(prefix="nngk_jax_split_",
+                                           suffix=".pkl")
+    # Removed by close(), or when this object or the process goes.
+    self._remove = weakref.finalize(self, _remove_file, self.split_path)
+    with os.fdopen(fd, "wb") as f:
+      pickle.dump(split.without_workers(), f, protocol=pickle.HIGHEST_PROTOCOL)
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (an
     # out-of-memory kill) fails the pass with BrokenProcessPool instead of
     # leaving it waiting for a batch that never comes.
     self.pool = futures.ProcessPoolExecutor(
         num_workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(split.without_workers(),))
+        initializer=_start_worker, initargs=(self.split_path,))
 
   def batches(self, tasks: Iterator[tuple], window: int):
     import collections  # pylint: disable=g-import-not-at-top
@@ -537,6 +557,14 @@ class _WorkerPool:
     if self.pool is not None:
       self.pool.shutdown(wait=True, cancel_futures=True)
       self.pool = None
+    self._remove()
+
+
+def _remove_file(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
 
 
 class ImageSplit:
@@ -745,10 +773,12 @@ class ImageSplit:
     except futures.process.BrokenProcessPool as error:
       self.close()  # the next pass starts new workers
       raise RuntimeError(
-          f"a worker process of the input pipeline died ({error}); a common "
-          f"cause is the system killing it for memory: lower "
-          f"data.pipeline.num_workers or prefetch, or use threads "
-          f"(num_workers=0)") from error
+          f"a worker process of the input pipeline died ({error}); common "
+          f"causes: the system killing it for memory (lower "
+          f"data.pipeline.num_workers or prefetch, or use threads: "
+          f"num_workers=0), or a script whose work is not guarded by "
+          f"`if __name__ == '__main__':` (each worker imports the script "
+          f"again; the worker's error is printed above)") from error
 
   def without_workers(self) -> "ImageSplit":
     """This split reading in the calling process (what a worker holds)."""
