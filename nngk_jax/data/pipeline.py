@@ -486,12 +486,10 @@ class _Reader:
 _WORKER_SPLIT: "ImageSplit | None" = None
 
 
-def _start_worker(split_path: str) -> None:
-  """A worker's initializer: loads the split its parent pickled to a file."""
-  import pickle  # pylint: disable=g-import-not-at-top
+def _start_worker(split_queue) -> None:
+  """A worker's initializer: takes the split its parent queued for it."""
   global _WORKER_SPLIT
-  with open(split_path, "rb") as f:
-    _WORKER_SPLIT = pickle.load(f)
+  _WORKER_SPLIT = split_queue.get()
 
 
 def _read_batch(task: tuple) -> dict:
@@ -513,33 +511,33 @@ class _WorkerPool:
   batches; at most ``window`` batches are in flight, so memory stays
   bounded whatever the consumer's pace.
 
-  The split reaches the workers through a temporary file, pickled once;
-  each worker is handed only its path. Handed the split itself, a parent
-  whose worker died while starting (a script without the ``if __name__ ==
-  "__main__":`` guard, an import error) blocked for ever: ``spawn`` writes
-  the pickled process into a pipe whose reading end the parent still holds
-  open, so a pickle larger than the pipe's buffer (64 KiB; the split of
-  CUB's TFDS records is larger) never finishes once the child is gone.
+  The split reaches each worker through a queue, sent by the queue's own
+  thread, after the worker has started. Handed to the workers as an
+  argument, a parent whose worker died while starting (a script without
+  the ``if __name__ == "__main__":`` guard, an import error) blocked for
+  ever: ``spawn`` writes the pickled process into a pipe whose reading end
+  the parent still holds open, so a pickle larger than the pipe's buffer
+  (64 KiB; the split of CUB's TFDS records is larger) never finished once
+  the child was gone.
   """
 
   def __init__(self, split: "ImageSplit", num_workers: int):
     import multiprocessing  # pylint: disable=g-import-not-at-top
-    import pickle  # pylint: disable=g-import-not-at-top
-    import tempfile  # pylint: disable=g-import-not-at-top
     from concurrent import futures  # pylint: disable=g-import-not-at-top
-    self.pool = None
-    fd, self.split_path = tempfile.mkstemp(prefix="nngk_jax_split_",
-                                           suffix=".pkl")
-    # Removed by close(), or when this object or the process goes.
-    self._remove = weakref.finalize(self, _remove_file, self.split_path)
-    with os.fdopen(fd, "wb") as f:
-      pickle.dump(split.without_workers(), f, protocol=pickle.HIGHEST_PROTOCOL)
+    context = multiprocessing.get_context("spawn")
+    self.split_queue = context.Queue()
+    # Copies no worker took (a worker that died first) are not waited for
+    # when this process exits.
+    self.split_queue.cancel_join_thread()
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (an
     # out-of-memory kill) fails the pass with BrokenProcessPool instead of
     # leaving it waiting for a batch that never comes.
     self.pool = futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(self.split_path,))
+        num_workers, mp_context=context, initializer=_start_worker,
+        initargs=(self.split_queue,))
+    shipped = split.without_workers()
+    for _ in range(num_workers):  # one each; put() does not block
+      self.split_queue.put(shipped)
 
   def batches(self, tasks: Iterator[tuple], window: int):
     import collections  # pylint: disable=g-import-not-at-top
@@ -557,14 +555,9 @@ class _WorkerPool:
     if self.pool is not None:
       self.pool.shutdown(wait=True, cancel_futures=True)
       self.pool = None
-    self._remove()
-
-
-def _remove_file(path: str) -> None:
-  try:
-    os.remove(path)
-  except FileNotFoundError:
-    pass
+    if self.split_queue is not None:
+      self.split_queue.close()
+      self.split_queue = None
 
 
 class ImageSplit:
