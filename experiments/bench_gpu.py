@@ -230,10 +230,87 @@ def phase_recipes(small: bool) -> dict:
   return out
 
 
+class _Timeline:
+  """When each call of the wrapped functions began (seconds from the
+  timeline's start) and how long it took; for a phase's own process."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.calls = []
+
+  def wrap(self, owner, name: str, label: str) -> None:
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+      began = time.perf_counter()
+      try:
+        return original(*args, **kwargs)
+      finally:
+        self.calls.append([label, round(began - self.start, 3),
+                           round(time.perf_counter() - began, 3)])
+
+    setattr(owner, name, timed)
+
+  def wrap_first_item(self, owner, name: str, label: str) -> None:
+    """Times a generator method up to its first item."""
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+      began = time.perf_counter()
+      items = original(*args, **kwargs)
+      for i, item in enumerate(items):
+        if i == 0:
+          self.calls.append([label, round(began - self.start, 3),
+                             round(time.perf_counter() - began, 3)])
+        yield item
+
+    setattr(owner, name, timed)
+
+  def totals(self) -> dict:
+    out = {}
+    for label, _, seconds in self.calls:
+      out[label] = round(out.get(label, 0.0) + seconds, 3)
+    return out
+
+
+# The loop's parts that do not nest in one another: what they leave out of
+# the whole command's time is start-up, compilation outside them, and exit.
+_LOOP_PARTS = ("load_dataset", "init_run", "make_train_step", "refresh",
+               "train_epoch", "evaluate", "raw_pixel_metrics",
+               "plot_history", "epoch_checkpoint")
+
+
+def _time_the_loop() -> _Timeline:
+  from nngk_jax import bank as banklib
+  from nngk_jax import checkpoint
+  from nngk_jax import evaluation
+  from nngk_jax import plotting
+  from nngk_jax import train
+  from nngk_jax.data import pipeline
+  timeline = _Timeline()
+  for owner, name in [(train.datalib, "load_dataset"), (train, "init_run"),
+                      (train, "make_train_step"), (train, "train_epoch"),
+                      (evaluation, "evaluate"),
+                      (evaluation, "raw_pixel_metrics"),
+                      (plotting, "plot_history"),
+                      (banklib.CentreBank, "refresh")]:
+    timeline.wrap(owner, name, name)
+  timeline.wrap(checkpoint.CheckpointStore, "save", "checkpoint_save")
+  timeline.wrap(pipeline._WorkerPool, "__init__", "worker_pool_start")  # pylint: disable=protected-access
+  timeline.wrap(pipeline._WorkerPool, "close", "worker_pool_close")  # pylint: disable=protected-access
+  timeline.wrap_first_item(pipeline._WorkerPool, "batches",  # pylint: disable=protected-access
+                           "worker_first_batch")
+  return timeline
+
+
 def phase_loop(small: bool, workers: int = 0) -> dict:
   """Two epochs of the paper recipe, input pipeline included; the second's
-  figures. ``workers``: decoding worker processes (0: threads)."""
+  figures. ``workers``: decoding worker processes (0: threads).
+
+  Also a timeline of the run's parts (``timeline``: [part, began, seconds])
+  and what they leave unaccounted of the whole command's time."""
   from nngk_jax import train
+  timeline = _time_the_loop()
   _register(small)
   config = _recipe_config("paper", "nngk", small)
   config.data.pipeline = dict(config.data.pipeline, num_workers=workers)
@@ -254,6 +331,15 @@ def phase_loop(small: bool, workers: int = 0) -> dict:
               "recall@1": metrics.get("recall@1"),
               "num_threads": config.data.pipeline["num_threads"],
               "num_workers": workers})
+  # The checkpoints saved after each epoch (not those inside train_epoch).
+  epoch_saves = [c for c in timeline.calls if c[0] == "checkpoint_save"
+                 and not any(e[0] == "train_epoch" and e[1] <= c[1] < e[1] + e[2]
+                             for e in timeline.calls)]
+  timeline.calls += [["epoch_checkpoint", c[1], c[2]] for c in epoch_saves]
+  totals = timeline.totals()
+  out.update({"timeline": timeline.calls, "part_seconds": totals,
+              "unaccounted_seconds": total - sum(
+                  totals.get(part, 0.0) for part in _LOOP_PARTS)})
   return out
 
 
@@ -407,6 +493,10 @@ def format_tables(results: dict) -> str:
         f"{loop['refresh_seconds'] or 0:.1f} s, graph "
         f"{loop['graph_seconds'] or 0:.1f} s; whole command "
         f"{loop['total_seconds']:.0f} s.\n")
+    if "part_seconds" in loop:
+      parts = ", ".join(f"{k} {v:.1f}" for k, v in loop["part_seconds"].items())
+      lines.append(f"Its parts, seconds (all calls): {parts}; outside the "
+                   f"loop's parts: {loop['unaccounted_seconds']:.1f} s.\n")
   sop = results.get("sop_graph")
   if sop:
     lines.append(
