@@ -80,8 +80,15 @@ def test_spawned_worker_imports_the_entry_module_only_without_run_program(
     assert importers[1:] == workers
 
 
-def test_package_main_runs_the_training_command_line():
-  result = subprocess.run([sys.executable, "-m", "nngk_jax", "--help"],
+@pytest.mark.parametrize("module, usage", [
+    ("nngk_jax", "python -m nngk_jax.train"),  # the package: training
+    ("nngk_jax.cli", "python -m nngk_jax.train"),
+    ("nngk_jax.search", "python -m nngk_jax.search")])
+def test_each_command_line_runs_through_run_program(module, usage):
+  result = subprocess.run([sys.executable, "-m", module, "--help"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
-  assert "usage: python -m nngk_jax.train" in result.stdout
+  assert f"usage: {usage}" in result.stdout
+  bad = subprocess.run([sys.executable, "-m", module, "--no-such-flag"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and f"{usage}: error:" in bad.stderr  # argparse
