@@ -361,11 +361,11 @@ def test_each_worker_takes_its_split_from_the_queue():
 
 
 UNGUARDED_SCRIPT = """
-import sys
 import numpy as np
 from nngk_jax import data
 from nngk_jax.data import pipeline
-# 40 images of 80 x 80: the pickled split is 768 KiB, over a pipe's buffer.
+# 40 images of 80 x 80 x 3: the pickled split is about 750 KiB, more than a
+# pipe's buffer (64 KiB).
 records = [np.full((80, 80, 3), i, np.uint8) for i in range(40)]
 split = pipeline.ImageSplit(records, np.arange(40) % 2, ("a", "b"),
                             pipeline.ImageTransform(resize=8, crop=8),
