@@ -367,8 +367,7 @@ class CentreBank:
       graph, positive, seconds = self._build_shared(np.asarray(state.centres))
       self._install(graph, positive)
       record["graph_seconds"] = seconds
-      record["missing_positive_fraction"] = float(np.mean(~positive))
-      record["positive_share"] = positive_share(graph, self.labels)
+      record.update(self._graph_record(graph, positive))
     return state, record
 
   def _build(self, centres: np.ndarray):
@@ -409,6 +408,11 @@ class CentreBank:
   def _install(self, graph, positive) -> None:
     self.graph, self._has_positive = graph, positive
 
+  def _graph_record(self, graph, positive) -> dict[str, float]:
+    """The history's statistics of a newly built graph."""
+    return {"missing_positive_fraction": float(np.mean(~positive)),
+            "positive_share": positive_share(graph, self.labels)}
+
   def _submit(self, centres: np.ndarray) -> None:
     """Starts a background build.
 
@@ -441,8 +445,7 @@ class CentreBank:
     self._swap_record = {
         "graph_seconds_background": seconds,
         "graph_swap_step": self._steps_since_submit,
-        "missing_positive_fraction": float(np.mean(~positive)),
-        "positive_share": positive_share(graph, self.labels)}
+        **self._graph_record(graph, positive)}
 
   def wait_for_graph(self) -> None:
     """Blocks until a background build (if any) is installed."""

@@ -314,11 +314,11 @@ def exact_self_knn(
   Half the matmuls is not always half the time. It pays where the matmul
   dominates: wide embeddings and short lists (at 60,502 x 512, k = 11, the
   retrieval metrics' pass took 31.5 s against 69.2 s for ``exact_knn``'s
-  list of 1,000 on the quiet 2-core CPU). With narrow embeddings or long lists, writing and reducing
-  the distances costs more than computing them, and the pass reduces each
-  block twice (rows and columns): on the 2-core CPU, 40,000 x 128 at k =
-  128 took 38.6 s against ``exact_knn``'s 23.6 s, and 50,000 x 64 at k =
-  30 30.0 s against 24.1 s. So the neighbour graphs keep ``exact_knn``
+  list of 1,000 on the quiet 2-core CPU). With narrow embeddings or long
+  lists, writing and reducing the distances costs more than computing
+  them, and the pass reduces each block twice (rows and columns): on the
+  2-core CPU, 40,000 x 128 at k = 128 took 38.6 s against ``exact_knn``'s
+  23.6 s, and 50,000 x 64 at k = 30 30.0 s against 24.1 s. So the neighbour graphs keep ``exact_knn``
   (``docs/benchmarks.md``).
 
   With ``ahead_of = (codes, positive_d2, positive_index)`` it also counts,
