@@ -38,6 +38,14 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", os.environ[_JAX_CACHE_ENV])
   jax.config.update("jax_persistent_cache_min_compile_time_secs",
                     float(os.environ[_MIN_COMPILE_ENV]))
+  # One CPU device in the test processes themselves (not the processes they
+  # start). The training command line splits the CPU into one device per core
+  # when JAX has not started yet (parallel.split_cpu): a test calling it in
+  # this process first would otherwise give every later test of the process
+  # several devices. The split is tested in child processes
+  # (test_parallel.py, test_train.py's kill -9 test).
+  if jax.config.jax_num_cpu_devices < 0:
+    jax.config.update("jax_num_cpu_devices", 1)
 
 
 def pytest_unconfigure(config):

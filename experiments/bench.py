@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from nngk_jax import configs  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
 from nngk_jax import evaluation  # noqa: E402
+from nngk_jax import parallel  # noqa: E402
 from nngk_jax import train  # noqa: E402
 
 
@@ -105,6 +106,9 @@ def main(argv=None) -> int:
   parser.add_argument("--loop-epochs", type=int, default=2)
   parser.add_argument("--out", default=str(ROOT / "runs" / "bench.json"))
   args = parser.parse_args(argv)
+  # As the training command line: on a CPU, one JAX device per core (the
+  # loop's data-parallel step; the other parts run on the first device).
+  parallel.split_cpu(None, 64)
 
   results = {"step": [], "graph": [], "loop": None}
   if not args.skip_loop:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import peer  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
+from nngk_jax import parallel  # noqa: E402
 
 NUM_CLASSES = 600
 
@@ -196,7 +197,12 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--peer-python", default=None)
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--cpu-devices", type=int, default=None,
+                      help="JAX CPU devices (default: one per core, as the "
+                           "training command line; 1: XLA:CPU's own threads)")
   args = parser.parse_args(argv)
+  devices = parallel.split_cpu(args.cpu_devices, 64)
+  print(f"JAX CPU devices: {devices or 'left as set'}", flush=True)
   pooling = bench_pooling()
   print(format_pooling(pooling) + "\n", flush=True)
   result = bench_loop(args.epochs, args.peer_python, args.workdir)

@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from nngk_jax import configs  # noqa: E402
 from nngk_jax import data as datalib  # noqa: E402
+from nngk_jax import parallel  # noqa: E402
 from nngk_jax import train  # noqa: E402
 
 PEER_LOSSES = ("proxy_anchor", "multi_similarity", "triplet", "nca",
@@ -512,6 +513,9 @@ def main(argv=None) -> int:
   parser.add_argument("overrides", nargs="*",
                       help="nngk-jax config overrides a.b=v (our side only)")
   args = parser.parse_args(argv)
+  # Our side trains as `python -m nngk_jax.train` does: on a CPU, one JAX
+  # device per core (PML's torch uses every core too).
+  parallel.split_cpu(None, args.batch_size)
   command = shlex.join(["python", "experiments/peer.py",
                         *(argv if argv is not None else sys.argv[1:])])
 

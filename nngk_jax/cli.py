@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:]
   args = parser.parse_intermixed_args(argv)
   try:
-    parallel.initialize_distributed(
+    distributed = parallel.initialize_distributed(
         args.coordinator, args.num_processes, args.process_id,
         auto_detect=args.distributed)
     if args.dataset is not None:  # a registered name, never a file path
@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset:
       config.dataset = args.dataset
     configs.apply_overrides(config, args.overrides)
+    cpu_devices = (config.get("mesh") or {}).get("cpu_devices")
+    if not distributed or cpu_devices is not None:
+      # Before any JAX work: one device per core (a CPU run's mesh).
+      parallel.split_cpu(cpu_devices, config.batch_size)
     metrics = train.train_and_evaluate(config, args.workdir)
   except interrupts.TrainingInterrupted as error:
     if args.verbose:

@@ -46,6 +46,9 @@ def embed_split(state: TrainState, split: datalib.Split,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
   """Eval-mode embeddings (and logits) of a whole split, in split order.
 
+  With the parameters on several devices of one process (a data-parallel
+  run's mesh) each batch is split over those devices, ``batch_size``
+  rounded up to a multiple of their count: every device embeds its block.
   In a multi-process run each process embeds its block of every batch
   (:func:`nngk_jax.parallel.process_shard`'s blocks, ``batch_size``
   rounded up to a multiple of the process count) with a host copy of the
@@ -57,17 +60,28 @@ def embed_split(state: TrainState, split: datalib.Split,
   """
   embed = _embed_fn(state.apply_fn)
   count = jax.process_count()
+  split_over = None  # the batch's sharding over the parameters' devices
   if count == 1:
     variables = state.network_variables()
+    sharding = getattr(jax.tree_util.tree_leaves(variables)[0], "sharding",
+                       None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and (
+        sharding.mesh.devices.size > 1):
+      split_over = parallel.batch_sharding(sharding.mesh)
+      count = sharding.mesh.devices.size  # batches: a multiple of it
   else:  # the whole parameters on this process's first device, once
     variables = jax.device_put(parallel.fetch(state.network_variables()),
                                jax.local_devices()[0])
   batch_size = -(-min(batch_size, len(split)) // count) * count
+  processes = jax.process_count()
   embeddings, logits = [], []
   for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
                                        shuffle=False, drop_last=False,
-                                       shard=(jax.process_index(), count)):
-    emb, lg = embed(variables, batch["image"])
+                                       shard=(jax.process_index(), processes)):
+    images = batch["image"]
+    if split_over is not None:
+      images = jax.device_put(images, split_over)
+    emb, lg = embed(variables, images)
     embeddings.append(np.asarray(emb))
     if lg is not None:
       logits.append(np.asarray(lg))
@@ -76,7 +90,7 @@ def embed_split(state: TrainState, split: datalib.Split,
     # [processes, batches * block, ...] -> batches in order; the last
     # batch's padding rows (drop_last=False pads at the end) cut off.
     gathered = parallel.gather_blocks(np.concatenate(blocks))
-    per_batch = gathered.reshape(count, len(blocks), -1,
+    per_batch = gathered.reshape(processes, len(blocks), -1,
                                  *gathered.shape[2:]).swapaxes(0, 1)
     return per_batch.reshape(-1, *gathered.shape[2:])[:len(split)]
 

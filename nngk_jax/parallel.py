@@ -13,10 +13,19 @@ one device (tested to float32 tolerance on 8 forced CPU devices):
   ``mesh.fsdp > 1`` each array's largest axis divisible by it is split over
   ``fsdp`` (ZeRO-3 style; the partitioner gathers them for the step);
 * the **centre bank's arrays** (``state.bank``: centres ``[N, D]``,
-  labels, impostors' moments) are split by rows over every device when
-  ``N`` divides evenly (``jax.Array`` shards must be even), else
-  replicated; the step gathers the batch's neighbour rows
-  (``jnp.take``) across devices.
+  labels, impostors' moments) are, on accelerators, split by rows over
+  every device when ``N`` divides evenly (``jax.Array`` shards must be
+  even), else replicated; the step gathers the batch's neighbour rows
+  (``jnp.take``) across devices. ``config.mesh.bank`` chooses
+  (:data:`BANK_LAYOUTS`).
+
+On a CPU the devices are the host's cores: the command lines split the
+CPU into one JAX device per core (:func:`split_cpu`, before JAX starts;
+``config.mesh.cpu_devices``), because XLA:CPU leaves part of a multi-core
+CPU idle in one device's train step and the split step keeps the cores busy
+(conv4 at batch 64 on 2 cores: 1.6x the images/s; docs/benchmarks.md).
+CPU devices share the host's memory, so there the bank stays whole on each
+(``config.mesh.bank``: ``"auto"``).
 
 The host side is unchanged: the graph, the data and the checkpoints see
 plain arrays (:func:`shard_batch` places each batch; :func:`place_state`
@@ -51,14 +60,24 @@ from jax.sharding import PartitionSpec as P
 
 from nngk_jax import checks
 
-__all__ = ["AXES", "any_process", "batch_sharding", "broadcast_from_primary",
-           "fetch",
-           "gather_blocks",
+__all__ = ["AXES", "BANK_LAYOUTS", "any_process", "bank_layout",
+           "batch_sharding", "broadcast_from_primary", "cpu_device_count",
+           "fetch", "gather_blocks",
            "initialize_distributed", "is_primary", "make_mesh",
            "mesh_devices", "num_devices", "place_state", "process_shard",
-           "replicated", "shard_batch", "state_shardings"]
+           "replicated", "shard_batch", "split_cpu", "state_shardings",
+           "usable_cores"]
 
 AXES = ("data", "fsdp")
+
+# config.mesh.bank: the bank's arrays split by rows over the devices, kept
+# whole on each, or "auto" (whole on CPU devices, which share the host's
+# memory; split by rows on accelerators, where the bank may not fit one).
+BANK_LAYOUTS = ("auto", "rows", "replicated")
+
+# split_cpu's default leaves each CPU device at least this many of a
+# batch's rows.
+MIN_ROWS_PER_CPU_DEVICE = 8
 
 # Environment variables read by :func:`initialize_distributed` when its
 # arguments are not given (JAX itself reads JAX_COORDINATOR_ADDRESS too).
@@ -153,6 +172,106 @@ def initialize_distributed(coordinator_address: str | None = None,
   return True
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on (its affinity, where known)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count(batch_size: int, cores: int,
+                     min_rows: int = MIN_ROWS_PER_CPU_DEVICE) -> int:
+  """How many CPU devices a data-parallel step of ``batch_size`` rows uses.
+
+  The most devices, up to one per core, that divide the batch into equal
+  blocks of at least ``min_rows`` rows; 1 where none does. More devices
+  than cores ran slower (docs/benchmarks.md).
+
+  Examples:
+    >>> cpu_device_count(64, cores=2)
+    2
+    >>> cpu_device_count(64, cores=16)  # blocks of 8 rows at least
+    8
+    >>> cpu_device_count(30, cores=4)   # 3 blocks of 10
+    3
+    >>> cpu_device_count(12, cores=2)   # blocks of 6: fewer than 8 rows
+    1
+  """
+  batch_size = checks.positive_int("batch_size", batch_size)
+  cores = checks.positive_int("cores", cores)
+  for count in range(min(cores, batch_size // min_rows), 1, -1):
+    if batch_size % count == 0:
+      return count
+  return 1
+
+
+def _cpu_count_chosen() -> bool:
+  """Whether the user set the CPU device count (JAX's option or XLA_FLAGS)."""
+  return (jax.config.jax_num_cpu_devices >= 0 or
+          "xla_force_host_platform_device_count" in os.environ.get(
+              "XLA_FLAGS", ""))
+
+
+def split_cpu(count: int | None, batch_size: int) -> int | None:
+  """Splits this process's CPU into ``count`` JAX devices; call before JAX runs.
+
+  The training command line calls it with ``config.mesh.cpu_devices``, so
+  that the data-parallel mesh (:func:`make_mesh`) spans the CPU's cores
+  when training runs on the CPU (on an accelerator the CPU devices go
+  unused). XLA:CPU leaves part of a multi-core CPU idle in one device's
+  train step; split in two on the 2-core machine, conv4's step at batch 64
+  ran 1.6x the images/s, the same function up to float rounding (the
+  batch's BatchNorm statistics and the gradient are reduced over all the
+  devices). Results therefore differ in the last bits between machines with
+  different core counts.
+
+  Args:
+    count: devices; ``None`` (the default config) chooses
+      :func:`cpu_device_count` of :func:`usable_cores`, and leaves the CPU
+      as it is where the user set the count (``JAX_NUM_CPU_DEVICES``, or
+      ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or JAX
+      has already started (a notebook, another program's process).
+    batch_size: the training batch, which the devices split evenly.
+
+  Returns:
+    The count set, or ``None`` where the CPU was left as it is.
+
+  Raises:
+    ValueError: ``count`` is not a positive integer, or JAX has already
+      started with another number of CPU devices.
+  """
+  if count is None:
+    if _cpu_count_chosen():
+      return None
+    count = cpu_device_count(batch_size, usable_cores())
+    try:
+      jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already runs: best effort only
+      return None
+    return count
+  count = checks.positive_int("mesh.cpu_devices", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
+    running = len(jax.devices("cpu"))
+    if running != count:
+      raise ValueError(
+          f"mesh.cpu_devices={count}, but JAX already runs with {running} "
+          f"CPU device(s) in this process; set it before any JAX work (or "
+          f"start Python with JAX_NUM_CPU_DEVICES={count})") from None
+  return count
+
+
+def bank_layout(config: Any) -> str:
+  """``config.mesh.bank`` (default ``"auto"``), checked."""
+  layout = (config.get("mesh") or {}).get("bank") or "auto"
+  if layout not in BANK_LAYOUTS:
+    raise ValueError(f"mesh.bank must be one of {BANK_LAYOUTS}, got "
+                     f"{layout!r}")
+  return layout
+
+
 def is_primary() -> bool:
   """Whether this is process 0, the one that writes the run's files."""
   return jax.process_index() == 0
@@ -215,6 +334,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXES))
 
 
+def _bank_rows(mesh: Mesh, layout: str) -> bool:
+  if layout not in BANK_LAYOUTS:
+    raise ValueError(f"bank layout must be one of {BANK_LAYOUTS}, got "
+                     f"{layout!r}")
+  if layout == "auto":
+    return mesh.devices.flat[0].platform != "cpu"
+  return layout == "rows"
+
+
 def _rows_or_replicated(mesh: Mesh, leaf: Any) -> NamedSharding:
   shape = np.shape(leaf)
   if shape and shape[0] % mesh.devices.size == 0:
@@ -236,13 +364,20 @@ def _fsdp_or_replicated(mesh: Mesh, leaf: Any) -> NamedSharding:
   return replicated(mesh)
 
 
-def state_shardings(state: Any, mesh: Mesh) -> Any:
-  """A pytree of shardings for a :class:`~nngk_jax.state.TrainState`."""
+def state_shardings(state: Any, mesh: Mesh, bank: str = "auto") -> Any:
+  """A pytree of shardings for a :class:`~nngk_jax.state.TrainState`.
+
+  ``bank``: the layout of ``state.bank``'s arrays (:data:`BANK_LAYOUTS`;
+  :func:`bank_layout` reads it from the config). Split by rows, an array
+  whose row count the devices do not divide stays whole.
+  """
   shardings = jax.tree_util.tree_map(
       lambda leaf: _fsdp_or_replicated(mesh, leaf), state)
   if getattr(state, "bank", None) is not None:
+    rows = _bank_rows(mesh, bank)
     shardings = shardings.replace(bank=jax.tree_util.tree_map(
-        lambda leaf: _rows_or_replicated(mesh, leaf), state.bank))
+        lambda leaf: (_rows_or_replicated(mesh, leaf) if rows
+                      else replicated(mesh)), state.bank))
   # The step counter and the PRNG key stay whole on every device.
   return shardings.replace(step=replicated(mesh), rng=replicated(mesh))
 
@@ -264,15 +399,16 @@ def _put_global(leaf: Any, sharding: NamedSharding) -> Any:
   return jax.device_put(np.asarray(leaf), sharding)
 
 
-def place_state(state: Any, mesh: Mesh | None) -> Any:
+def place_state(state: Any, mesh: Mesh | None, bank: str = "auto") -> Any:
   """``state`` on the mesh's devices (unchanged without a mesh).
 
   In a multi-process run every process passes the same values (the same
-  seed, the same refreshed bank, the same restored checkpoint).
+  seed, the same refreshed bank, the same restored checkpoint). ``bank``:
+  as in :func:`state_shardings`.
   """
   if mesh is None:
     return state
-  shardings = state_shardings(state, mesh)
+  shardings = state_shardings(state, mesh, bank)
   if jax.process_count() == 1:
     return jax.device_put(state, shardings)
   return jax.tree_util.tree_map(_put_global, state, shardings)

@@ -175,7 +175,8 @@ def make_train_step(config, num_classes: int | None = None,
     raise ValueError("make_train_step(mesh=...) needs the state whose "
                      "shardings the step keeps")
   jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(
-      parallel.state_shardings(state, mesh), parallel.replicated(mesh)))
+      parallel.state_shardings(state, mesh, parallel.bank_layout(config)),
+      parallel.replicated(mesh)))
 
   def sharded_step(state, batch):
     return jitted(state, parallel.shard_batch(batch, mesh))
@@ -213,6 +214,7 @@ def validate_config(config, dataset: datalib.Dataset) -> None:
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"optimizer.learning_rate must be positive, got "
                      f"{config.optimizer.learning_rate}")
+  parallel.bank_layout(config)  # an unknown layout raises
   devices = parallel.num_devices(parallel.make_mesh(config))
   if config.batch_size % devices:
     raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
@@ -512,7 +514,12 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
           f"is, at epoch {start_epoch}", file=sys.stderr)
 
   mesh = parallel.make_mesh(config)
-  state = parallel.place_state(state, mesh)
+  layout = parallel.bank_layout(config)
+  state = parallel.place_state(state, mesh, layout)
+  if mesh is not None and primary:
+    print(f"data parallel: each batch of {config.batch_size} split over "
+          f"{mesh.devices.size} {mesh.devices.flat[0].platform.upper()} "
+          f"devices (config.mesh)", file=sys.stderr)
   shard = parallel.process_shard(mesh, config.batch_size)
   train_step = make_train_step(config, dataset.train.num_classes, bank,
                                mesh=mesh, state=state)
@@ -530,7 +537,8 @@ def _train_stored(config, workdir: pathlib.Path, dataset, bank, state,
       bank_state, bank_record = bank.refresh(
           state.bank, epoch, lambda: evaluation.embed_split(
               state, dataset.train, config.eval_batch_size)[0])
-      state = parallel.place_state(state.replace(bank=bank_state), mesh)
+      state = parallel.place_state(state.replace(bank=bank_state), mesh,
+                                   layout)
       record.update(bank_record)
 
     def save_partial(state, done, partial, epoch=epoch, record=record):

@@ -47,6 +47,9 @@ CHILD = textwrap.dedent(r"""
     config = configs.load_config(configs.CONFIG_DIR / "digits.py")
     config.update(batch_size=32, progress=False)
     config.nngk.k = 16
+    # The bank's layout on accelerators, tested here on CPU devices (whose
+    # default, "auto", keeps the bank whole on each).
+    config.mesh.bank = "rows"
     # SGD with momentum: Adam's first steps move each weight by about
     # lr * sign(gradient), so a gradient component near zero turns float32
     # noise into a difference of up to 2 * lr (seen: 9e-5 after 4 steps).
@@ -58,12 +61,12 @@ CHILD = textwrap.dedent(r"""
     dataset = data.Dataset("digits", split, full.test, full.protocol)
     mesh = parallel.make_mesh(config)
     _, bank, state = train.init_run(config, dataset)
-    state = parallel.place_state(state, mesh)
+    state = parallel.place_state(state, mesh, "rows")
     # The refresh: each process embeds its block (eval batches of 100: the
     # last one padded), the blocks are all-gathered, each builds the graph.
     bank_state, _ = bank.refresh(state.bank, 0, lambda: evaluation.embed_split(
         state, dataset.train, 100)[0])
-    state = parallel.place_state(state.replace(bank=bank_state), mesh)
+    state = parallel.place_state(state.replace(bank=bank_state), mesh, "rows")
     step = train.make_train_step(config, dataset.train.num_classes, bank,
                                  mesh=mesh, state=state)
     shard = parallel.process_shard(mesh, config.batch_size)

@@ -18,6 +18,7 @@ from nngk_jax import configs
 from nngk_jax import data as datalib
 from nngk_jax import evaluation
 from nngk_jax import loss as losses
+from nngk_jax import parallel
 from nngk_jax import state as statelib
 from nngk_jax import train
 
@@ -163,6 +164,11 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
   common = ("num_epochs=4",)
   full = _run_cli(tmp_path / "full", *common)
   assert full.returncode == 0, full.stderr
+  # The command line trains on one JAX device per core (parallel.split_cpu):
+  # killed and resumed on them, too.
+  devices = parallel.cpu_device_count(64, parallel.usable_cores())
+  if devices > 1:
+    assert f"split over {devices} CPU devices" in full.stderr, full.stderr
   killed = _run_cli(tmp_path / "killed", *common, kill_at_step=3 * 14 + 5)
   assert killed.returncode == -9, killed.stderr
   history = (tmp_path / "killed" / "history.jsonl").read_text().splitlines()
@@ -181,8 +187,10 @@ def test_sigterm_mid_epoch_exits_143_then_rerun_equals_uninterrupted_run(
     tmp_path, capsys):
   """SIGTERM in epoch 2 (14 steps per epoch): the step finishes, a
   checkpoint is saved at that step, the message says where and how to
-  resume; the same command then ends where an uninterrupted run ends."""
-  common = ("num_epochs=2",)
+  resume; the same command then ends where an uninterrupted run ends.
+  One CPU device in the child too, as in this process (conftest.py), so
+  that the two halves of the run add up in the same float order."""
+  common = ("num_epochs=2", "mesh.cpu_devices=1")
   stopped = _run_cli(tmp_path / "cut", *common, kill_at_step=14 + 9,
                      signal_name="SIGTERM")
   assert stopped.returncode == 143, stopped.stderr

@@ -74,7 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Data parallel over the local devices (nngk_jax.parallel): mesh.data
   # devices (None: all of them), mesh.fsdp to split the parameters too.
-  config.mesh = ml_collections.ConfigDict({"data": None, "fsdp": 1})
+  # On a CPU the command line first splits it into mesh.cpu_devices devices
+  # (None: one per core, as the batch allows; parallel.split_cpu). mesh.bank:
+  # the bank's arrays split by rows over the devices ("rows"), whole on
+  # each ("replicated"), or "auto" (whole on CPU devices, rows elsewhere).
+  config.mesh = ml_collections.ConfigDict(
+      {"data": None, "fsdp": 1, "cpu_devices": None, "bank": "auto"})
 
   config.batch_size = 32
   config.sampler = None            # None: the objective's; "random" or "class_balanced"
