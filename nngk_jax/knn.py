@@ -25,6 +25,7 @@ jitted kernel, not something to call inside ``jax.jit``.
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -136,17 +137,20 @@ def exact_knn(
         num_queries,
         _default_max_elements(data.shape[1]) // max(num_data, 1)))
   chunk_size = positive_int("exact_knn: chunk_size", chunk_size)
-  data_dev = jnp.asarray(data)
+  # The chunks go round the local devices (one per CPU core where the CPU
+  # is split, parallel.split_cpu; several GPUs), each holding the data.
+  devices = jax.local_devices()
+  data_on = [jax.device_put(data, device) for device in devices]
   out_idx = np.empty((num_queries, k), np.int32)
   out_d2 = np.empty((num_queries, k), np.float32)
-  pending = None  # the last chunk dispatched, copied out after the next one
+  pending = collections.deque()  # dispatched chunks, copied out in order
 
   def copy_out(chunk):
     begin, end, idx, d2 = chunk
     out_idx[begin:end] = np.asarray(idx)[: end - begin]
     out_d2[begin:end] = np.asarray(d2)[: end - begin]
 
-  for start in range(0, num_queries, chunk_size):
+  for number, start in enumerate(range(0, num_queries, chunk_size)):
     stop = min(start + chunk_size, num_queries)
     q = queries[start:stop]
     ids = query_ids[start:stop]
@@ -154,12 +158,15 @@ def exact_knn(
     if pad:  # keep one compiled shape for every chunk
       q = np.concatenate([q, np.zeros((pad, q.shape[1]), q.dtype)])
       ids = np.concatenate([ids, np.full((pad,), -1, np.int32)])
-    idx, d2 = _knn_chunk(q, data_dev, ids, k=k, exclude_self=exclude_self)
-    if pending is not None:  # the device works on this chunk meanwhile
-      copy_out(pending)
-    pending = (start, stop, idx, d2)
-  if pending is not None:
-    copy_out(pending)
+    device = number % len(devices)
+    idx, d2 = _knn_chunk(jax.device_put(q, devices[device]), data_on[device],
+                         jax.device_put(ids, devices[device]), k=k,
+                         exclude_self=exclude_self)
+    if len(pending) == len(devices):  # every device has a chunk meanwhile
+      copy_out(pending.popleft())
+    pending.append((start, stop, idx, d2))
+  while pending:
+    copy_out(pending.popleft())
   return out_idx, out_d2
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -47,6 +52,36 @@ def test_chunking_gives_identical_results():
     np.testing.assert_array_equal(chunked[0], whole[0])
     # The matmul's blocking depends on the chunk shape: last-bit differences.
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-6)
+
+
+_DEVICES_CHILD = textwrap.dedent(r"""
+    import sys
+    import jax, numpy as np
+    from nngk_jax import knn
+    assert len(jax.local_devices()) == 3, jax.devices()
+    data = np.random.default_rng(2).normal(size=(300, 8)).astype(np.float32)
+    # 7 chunks of 45 (the last padded) go round the 3 devices.
+    idx, d2 = knn.exact_knn(data, data, k=40, query_ids=np.arange(300),
+                            chunk_size=45)
+    np.save(sys.argv[1], np.concatenate([idx, d2.view(np.int32)], axis=1))
+""")
+
+
+def test_chunks_spread_over_devices_give_the_same_lists(tmp_path):
+  """Three CPU devices in a child process, each a third of the chunks:
+  the lists of one device, bit for bit (each chunk runs the same program)."""
+  data = np.random.default_rng(2).normal(size=(300, 8)).astype(np.float32)
+  idx, d2 = knn.exact_knn(data, data, k=40, query_ids=np.arange(300),
+                          chunk_size=45)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run(
+      [sys.executable, "-c", _DEVICES_CHILD, str(tmp_path / "lists.npy")],
+      env=dict(env, JAX_NUM_CPU_DEVICES="3", JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = np.load(tmp_path / "lists.npy")
+  np.testing.assert_array_equal(got[:, :40], idx)
+  np.testing.assert_array_equal(got[:, 40:].view(np.float32), d2)
 
 
 def test_ties_go_to_the_lower_index():
