@@ -138,8 +138,11 @@ def exact_knn(
         _default_max_elements(data.shape[1]) // max(num_data, 1)))
   chunk_size = positive_int("exact_knn: chunk_size", chunk_size)
   # The chunks go round the local devices (one per CPU core where the CPU
-  # is split, parallel.split_cpu; several GPUs), each holding the data.
+  # is split, parallel.split_cpu; several GPUs), each holding a copy of the
+  # data; data larger than _SPREAD_MAX_BYTES stays on the first device only.
   devices = jax.local_devices()
+  if data.nbytes > _SPREAD_MAX_BYTES:
+    devices = devices[:1]
   data_on = [jax.device_put(data, device) for device in devices]
   out_idx = np.empty((num_queries, k), np.int32)
   out_d2 = np.empty((num_queries, k), np.float32)
@@ -169,6 +172,10 @@ def exact_knn(
     copy_out(pending.popleft())
   return out_idx, out_d2
 
+
+# exact_knn copies the data to every local device up to this size (1 GiB:
+# SOP's 60,502 x 512 float32 is 124 MB); beyond it, one copy, one device.
+_SPREAD_MAX_BYTES = 1 << 30
 
 # Widest group of the two-level top-k (_smallest), and the narrowest worth
 # the second level.

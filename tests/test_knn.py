@@ -64,6 +64,11 @@ _DEVICES_CHILD = textwrap.dedent(r"""
     idx, d2 = knn.exact_knn(data, data, k=40, query_ids=np.arange(300),
                             chunk_size=45)
     np.save(sys.argv[1], np.concatenate([idx, d2.view(np.int32)], axis=1))
+    # Data above the size limit stay on one device: the same lists again.
+    knn._SPREAD_MAX_BYTES = data.nbytes - 1
+    one = knn.exact_knn(data, data, k=40, query_ids=np.arange(300),
+                        chunk_size=45)
+    assert (one[0] == idx).all() and (one[1] == d2).all()
 """)
 
 
