@@ -59,21 +59,21 @@ def embed_split(state: TrainState, split: datalib.Split,
     ``(embeddings [N, D], logits [N, C] or None)`` as numpy arrays.
   """
   embed = _embed_fn(state.apply_fn)
-  count = jax.process_count()
+  processes = jax.process_count()
+  multiple = processes  # each batch: a multiple of this many rows
   split_over = None  # the batch's sharding over the parameters' devices
-  if count == 1:
+  if processes == 1:
     variables = state.network_variables()
     sharding = getattr(jax.tree_util.tree_leaves(variables)[0], "sharding",
                        None)
     if isinstance(sharding, jax.sharding.NamedSharding) and (
         sharding.mesh.devices.size > 1):
       split_over = parallel.batch_sharding(sharding.mesh)
-      count = sharding.mesh.devices.size  # batches: a multiple of it
+      multiple = sharding.mesh.devices.size
   else:  # the whole parameters on this process's first device, once
     variables = jax.device_put(parallel.fetch(state.network_variables()),
                                jax.local_devices()[0])
-  batch_size = -(-min(batch_size, len(split)) // count) * count
-  processes = jax.process_count()
+  batch_size = -(-min(batch_size, len(split)) // multiple) * multiple
   embeddings, logits = [], []
   for batch in datalib.iterate_batches(split, batch_size, seed=0, epoch=0,
                                        shuffle=False, drop_last=False,

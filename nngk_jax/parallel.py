@@ -263,13 +263,16 @@ def split_cpu(count: int | None, batch_size: int) -> int | None:
   return count
 
 
+def _checked_layout(layout: Any, name: str) -> str:
+  if layout not in BANK_LAYOUTS:
+    raise ValueError(f"{name} must be one of {BANK_LAYOUTS}, got {layout!r}")
+  return layout
+
+
 def bank_layout(config: Any) -> str:
   """``config.mesh.bank`` (default ``"auto"``), checked."""
-  layout = (config.get("mesh") or {}).get("bank") or "auto"
-  if layout not in BANK_LAYOUTS:
-    raise ValueError(f"mesh.bank must be one of {BANK_LAYOUTS}, got "
-                     f"{layout!r}")
-  return layout
+  return _checked_layout((config.get("mesh") or {}).get("bank") or "auto",
+                         "mesh.bank")
 
 
 def is_primary() -> bool:
@@ -335,10 +338,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def _bank_rows(mesh: Mesh, layout: str) -> bool:
-  if layout not in BANK_LAYOUTS:
-    raise ValueError(f"bank layout must be one of {BANK_LAYOUTS}, got "
-                     f"{layout!r}")
-  if layout == "auto":
+  if _checked_layout(layout, "bank layout") == "auto":
     return mesh.devices.flat[0].platform != "cpu"
   return layout == "rows"
 
